@@ -1,0 +1,336 @@
+"""HDF5 feature store: per-video [seconds, D] arrays and per-text sentence/token features.
+
+The schema is documented in ``features/README.md``; :data:`SCHEMA_VERSION` names it. Files are
+written once (atomically: a temporary file in the same folder, renamed when complete) and read
+many times. Readers open their file lazily in each process, so they survive DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from avmaster import __version__
+
+SCHEMA_VERSION = 1
+VIDEO_GROUP = "videos"
+
+
+class FeatureStoreError(RuntimeError):
+    """A feature file is missing, of the wrong kind, or lacks entries the data needs."""
+
+
+class MissingFeaturesError(FeatureStoreError):
+    """Some ids the annotations ask for have no features; lists the first few and the count."""
+
+    def __init__(self, path: Path | str, missing: Sequence[str], what: str = "video ids"):
+        self.path, self.missing = str(path), list(missing)
+        shown = ", ".join(self.missing[:8])
+        more = f" (+{len(self.missing) - 8} more)" if len(self.missing) > 8 else ""
+        super().__init__(
+            f"{self.path}: {len(self.missing)} {what} have no features: {shown}{more}. "
+            "Run `avmaster extract` on the missing videos/questions (a rerun computes only what "
+            "is missing), or point the data config at the right feature file."
+        )
+
+
+def text_key(text: str) -> str:
+    """Stable key of a question or option text: sha1 of its UTF-8 bytes (hex)."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def encode_name(video_id: str) -> str:
+    """HDF5 dataset name for a video id ('/' is the only character HDF5 names cannot hold)."""
+    return video_id.replace("%", "%25").replace("/", "%2F")
+
+
+def decode_name(name: str) -> str:
+    return name.replace("%2F", "/").replace("%25", "%")
+
+
+def pad_or_trim(x: np.ndarray, seconds: int) -> np.ndarray:
+    """Fit ``x`` [n, D] to ``seconds`` rows: repeat the last second when short, keep the first
+    ``seconds`` when long (the MUSIC-AVQA authors' convention)."""
+    n = x.shape[0]
+    if n == seconds:
+        return x
+    if n > seconds:
+        return x[:seconds]
+    if n == 0:
+        raise FeatureStoreError("a video has 0 stored seconds; re-extract it")
+    pad = np.repeat(x[-1:], seconds - n, axis=0)
+    return np.concatenate([x, pad], axis=0)
+
+
+@contextlib.contextmanager
+def atomic_h5(path: Path | str, mode: str = "w") -> Iterator[h5py.File]:
+    """Open a temporary HDF5 file next to ``path``; rename it onto ``path`` only on success.
+
+    A process killed mid-write leaves a ``.tmp-*`` file that no reader ever opens, never a
+    half-written ``path``. ``mode='a'`` starts from a copy of an existing ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    if mode == "a" and path.exists():
+        import shutil
+
+        shutil.copyfile(path, tmp)
+    try:
+        with h5py.File(tmp, "a" if mode == "a" else "w") as f:
+            yield f
+            f.flush()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def base_attrs(kind: str, **attrs: Any) -> dict[str, Any]:
+    """The metadata every feature file carries (see features/README.md)."""
+    out = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "library": f"avmaster {__version__}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out.update({k: v for k, v in attrs.items() if v is not None})
+    return out
+
+
+def write_video_features(
+    path: Path | str,
+    features: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
+    *,
+    modality: str,
+    encoder: str,
+    pretrained: str = "",
+    fps: float = 1.0,
+    seconds: int | None = None,
+    dtype: str = "float16",
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> int:
+    """Write a complete video feature file atomically; returns the number of videos written."""
+    items = features.items() if isinstance(features, Mapping) else features
+    count, dim = 0, None
+    with atomic_h5(path) as f:
+        grp = f.create_group(VIDEO_GROUP)
+        for vid, arr in items:
+            arr = np.asarray(arr)
+            if arr.ndim != 2:
+                raise FeatureStoreError(f"{path}: video {vid!r} has shape {arr.shape}, want [T, D]")
+            if dim is None:
+                dim = arr.shape[1]
+            elif arr.shape[1] != dim:
+                raise FeatureStoreError(f"{path}: video {vid!r} has dim {arr.shape[1]}, not {dim}")
+            grp.create_dataset(encode_name(vid), data=arr.astype(dtype))
+            count += 1
+        f.attrs.update(
+            base_attrs(
+                "video",
+                modality=modality,
+                encoder=encoder,
+                pretrained=pretrained,
+                fps=float(fps),
+                seconds=seconds,
+                dim=int(dim or 0),
+                dtype=dtype,
+                **dict(extra_attrs or {}),
+            )
+        )
+    return count
+
+
+def write_text_features(
+    path: Path | str,
+    texts: Sequence[str],
+    sentence: np.ndarray,
+    tokens: Sequence[np.ndarray],
+    *,
+    encoder: str,
+    pretrained: str = "",
+    dtype: str = "float16",
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> int:
+    """Write a complete text feature file atomically (ragged token layout, one row per text)."""
+    if len(texts) != len(sentence) or len(texts) != len(tokens):
+        raise FeatureStoreError(f"{path}: {len(texts)} texts, {len(sentence)} sentence rows, "
+                                f"{len(tokens)} token arrays: they must match")
+    lengths = np.array([t.shape[0] for t in tokens], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    dim = int(sentence.shape[1]) if len(texts) else 0
+    flat = np.concatenate(tokens, axis=0) if len(texts) else np.zeros((0, dim))
+    with atomic_h5(path) as f:
+        f.create_dataset("key", data=np.array([text_key(t) for t in texts], dtype="S40"))
+        f.create_dataset("text", data=list(texts), dtype=h5py.string_dtype())
+        f.create_dataset("sentence", data=np.asarray(sentence, dtype=dtype))
+        f.create_dataset("length", data=lengths.astype(np.int32))
+        f.create_dataset("offset", data=offsets)
+        f.create_dataset("tokens", data=flat.astype(dtype), chunks=True if len(flat) else None)
+        f.attrs.update(base_attrs("text", encoder=encoder, pretrained=pretrained, dim=dim,
+                                  dtype=dtype, **dict(extra_attrs or {})))
+    return len(texts)
+
+
+def read_attrs(path: Path | str) -> dict[str, Any]:
+    """A feature file's metadata attributes, with a clear error when the file is unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise FeatureStoreError(
+            f"{path}: feature file not found. Extract features first (`avmaster extract`, see "
+            "features/README.md) or set the data config's feature paths."
+        )
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    except OSError as e:
+        raise FeatureStoreError(f"{path}: not a readable HDF5 file ({e}); re-extract it") from e
+    version = attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise FeatureStoreError(
+            f"{path}: schema version {version!r}, this library reads {SCHEMA_VERSION}; re-extract"
+        )
+    return attrs
+
+
+class _LazyFile:
+    """An h5py handle opened on first use in each process (h5py handles do not survive fork)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_file": None, "_pid": None}
+
+
+class VideoFeatures:
+    """Reader of a video feature file: ``store[video_id] -> float32 [seconds, D]``.
+
+    ``seconds`` fits every video to that many rows (:func:`pad_or_trim`); ``None`` returns what
+    was stored. ``preload=True`` reads the whole file into RAM once (MUSIC-AVQA CLIP-L: ~0.8 GB
+    in float16).
+    """
+
+    def __init__(self, path: Path | str, seconds: int | None = None, preload: bool = False):
+        self.path = Path(path)
+        self.attrs = read_attrs(self.path)
+        if self.attrs.get("kind") != "video":
+            raise FeatureStoreError(f"{self.path}: holds {self.attrs.get('kind')!r} features, "
+                                    "not video features; check the data config's feature paths")
+        self.seconds = seconds
+        self.dim = int(self.attrs["dim"])
+        with h5py.File(self.path, "r") as f:
+            self._ids = frozenset(decode_name(n) for n in f[VIDEO_GROUP])
+        self._lazy = _LazyFile(self.path)
+        self._cache: dict[str, np.ndarray] | None = None
+        if preload:
+            with h5py.File(self.path, "r") as f:
+                grp = f[VIDEO_GROUP]
+                self._cache = {decode_name(n): grp[n][()] for n in grp}
+
+    @property
+    def ids(self) -> frozenset[str]:
+        return self._ids
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def check(self, video_ids: Iterable[str]) -> None:
+        """Raise :class:`MissingFeaturesError` naming every requested id that is absent."""
+        missing = sorted({v for v in video_ids if v not in self._ids})
+        if missing:
+            raise MissingFeaturesError(self.path, missing)
+
+    def raw(self, video_id: str) -> np.ndarray:
+        if self._cache is not None:
+            arr = self._cache[video_id]
+        else:
+            arr = self._lazy.file[VIDEO_GROUP][encode_name(video_id)][()]
+        return arr
+
+    def __getitem__(self, video_id: str) -> np.ndarray:
+        arr = self.raw(video_id)
+        if self.seconds is not None:
+            arr = pad_or_trim(arr, self.seconds)
+        return arr.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self._lazy.close()
+
+
+@dataclass(frozen=True)
+class TextFeature:
+    sentence: np.ndarray  # [D]
+    tokens: np.ndarray  # [L, D], L = true token count
+
+
+class TextFeatures:
+    """Reader of a text feature file: ``store[text] -> TextFeature`` (keyed by :func:`text_key`)."""
+
+    def __init__(self, path: Path | str, preload: bool = False):
+        self.path = Path(path)
+        self.attrs = read_attrs(self.path)
+        if self.attrs.get("kind") != "text":
+            raise FeatureStoreError(f"{self.path}: holds {self.attrs.get('kind')!r} features, "
+                                    "not text features; check the data config's feature paths")
+        self.dim = int(self.attrs["dim"])
+        with h5py.File(self.path, "r") as f:
+            keys = f["key"][()]
+            self._row = {k.decode(): i for i, k in enumerate(keys)}
+            self._offset = f["offset"][()]
+            self._length = f["length"][()]
+            self._sentence = f["sentence"][()] if preload else None
+            self._tokens = f["tokens"][()] if preload else None
+        self._lazy = _LazyFile(self.path)
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, text: str) -> bool:
+        return text_key(text) in self._row
+
+    def check(self, texts: Iterable[str]) -> None:
+        missing = sorted({t for t in texts if text_key(t) not in self._row})
+        if missing:
+            raise MissingFeaturesError(self.path, [repr(t) for t in missing], what="texts")
+
+    def __getitem__(self, text: str) -> TextFeature:
+        i = self._row[text_key(text)]
+        o, n = int(self._offset[i]), int(self._length[i])
+        if self._sentence is not None:
+            sent, tok = self._sentence[i], self._tokens[o : o + n]
+        else:
+            f = self._lazy.file
+            sent, tok = f["sentence"][i], f["tokens"][o : o + n]
+        return TextFeature(sent.astype(np.float32), tok.astype(np.float32))
+
+    def close(self) -> None:
+        self._lazy.close()

@@ -1,0 +1,55 @@
+"""The answer vocabulary: answer text <-> class index."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from avmaster.data.records import QARecord
+
+UNKNOWN = -1  # label of an answer outside the vocabulary: ignored by the losses, scored wrong
+
+
+class AnswerVocab:
+    """An ordered list of answers. ``index(a)`` is :data:`UNKNOWN` for answers it lacks."""
+
+    def __init__(self, answers: Sequence[str]):
+        self.answers = [str(a) for a in answers]
+        self._index = {a: i for i, a in enumerate(self.answers)}
+        if len(self._index) != len(self.answers):
+            dup = [a for a, n in Counter(self.answers).items() if n > 1]
+            raise ValueError(f"the answer vocabulary lists {dup} more than once")
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> AnswerVocab:
+        """A JSON list of answers (MUSIC-AVQA's 42-answer file) or a JSON object answer -> id."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: answer vocabulary file not found; set data.answers "
+                                    "to a JSON list of answers, or null to build it from train")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            data = [a for a, _ in sorted(data.items(), key=lambda kv: kv[1])]
+        if not isinstance(data, list) or not data:
+            raise ValueError(f"{path}: expected a non-empty JSON list of answers")
+        return cls(data)
+
+    @classmethod
+    def from_records(cls, records: Iterable[QARecord]) -> AnswerVocab:
+        """Answers of the training records, most frequent first (ties alphabetical)."""
+        counts = Counter(r.answer for r in records)
+        return cls(sorted(counts, key=lambda a: (-counts[a], a)))
+
+    def index(self, answer: str) -> int:
+        return self._index.get(answer, UNKNOWN)
+
+    def __contains__(self, answer: str) -> bool:
+        return answer in self._index
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    def __getitem__(self, i: int) -> str:
+        return self.answers[i]

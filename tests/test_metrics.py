@@ -1,0 +1,117 @@
+import csv
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as tmp
+
+from avmaster.data.annotations import load_annotations
+from avmaster.metrics import TABLES, GroupedAccuracy, get_table, write_results
+
+REFERENCE = Path(__file__).resolve().parents[1] / "avmaster" / "reference"
+
+
+def _columns_of(csv_name: str) -> list[str]:
+    with open(REFERENCE / csv_name) as f:
+        return next(csv.reader(f))[2:]
+
+
+def test_column_order_matches_papers():
+    assert [c for c, _ in TABLES["music_avqa"].columns] == _columns_of(
+        "reported_music_avqa_table2.csv")
+    assert [c for c, _ in TABLES["music_avqa_r"].columns] == _columns_of(
+        "reported_music_avqa_r_table3.csv")
+    v2 = [c for c, _ in TABLES["music_avqa_v2"].columns]
+    assert [c for c in v2 if c.endswith("avg")] == ["a_avg", "v_avg", "av_avg", "avg"]
+
+
+def test_per_type_counts_and_averages(fixtures):
+    spec = get_table("music_avqa")
+    records = load_annotations(fixtures / "music_avqa_test_sample.json").records
+    group = torch.tensor([spec.group_of(r) for r in records])
+    label = torch.arange(len(records)) % 5
+    pred = label.clone()
+    pred[::2] = -7  # every other question wrong
+    pred[group == 0] = label[group == 0]  # all Audio/Counting right
+    m = GroupedAccuracy(spec)
+    m.update(pred, label, group)
+    counts = m.counts()
+    assert counts == {"a_count": 12, "a_comp": 12, "a_avg": 24, "v_count": 12, "v_local": 12,
+                      "v_avg": 24, "av_exist": 12, "av_count": 12, "av_local": 12,
+                      "av_comp": 12, "av_temp": 12, "av_avg": 60, "avg": 108}
+    acc = m.compute()
+    right = (pred == label)
+    assert acc["a_count"] == 100.0
+    assert acc["avg"] == pytest.approx(100 * right.float().mean().item())
+    audio = group < 2
+    assert acc["a_avg"] == pytest.approx(100 * right[audio].float().mean().item())
+
+
+def test_unknown_label_is_always_wrong():
+    spec = get_table("avqa")
+    m = GroupedAccuracy(spec)
+    m.update(torch.tensor([-1, 0, 1]), torch.tensor([-1, 0, -1]), torch.tensor([0, 0, 1]))
+    acc = m.compute()
+    assert acc["which"] == 50.0 and acc["come_from"] == 0.0 and acc["avg"] == pytest.approx(100 / 3)
+    assert acc["why"] != acc["why"]  # NaN: no question of that type
+
+
+def test_head_tail_groups(fixtures):
+    from avmaster.data.annotations import assign_head_tail
+
+    spec = get_table("music_avqa_r")
+    records = assign_head_tail(load_annotations(fixtures / "music_avqa_test_sample.json").records)
+    groups = [spec.group_of(r) for r in records]
+    for r, g in zip(records, groups, strict=True):
+        assert spec.groups[g] == f"{r.type_key}/{r.extra['head_tail']}"
+
+
+def test_write_results(tmp_path):
+    spec = get_table("music_avqa")
+    acc = {c: 50.0 for c, _ in spec.columns}
+    js, md = write_results(tmp_path / "res", spec, acc, dict.fromkeys(acc, 1))
+    text = md.read_text()
+    assert text.splitlines()[0].startswith("| method | a_count | a_comp | a_avg |")
+    assert "| AV-Master (ours) | 50.00 |" in text and js.exists()
+
+
+def _ddp_worker(rank: int, world: int, port: int, data, out) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    pred, label, group = data
+    m = GroupedAccuracy(get_table("music_avqa"))
+    for start in range(rank * 10, len(pred), world * 10):  # uneven shards across ranks
+        sl = slice(start, start + 10)
+        m.update(pred[sl], label[sl], group[sl])
+    result = m.compute()
+    if rank == 0:
+        out.put(result)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_equal_one():
+    g = torch.Generator().manual_seed(0)
+    n = 137
+    data = (torch.randint(0, 4, (n,), generator=g), torch.randint(-1, 4, (n,), generator=g),
+            torch.randint(0, 9, (n,), generator=g))
+    single = GroupedAccuracy(get_table("music_avqa"))
+    single.update(*data)
+    expected = single.compute()
+    ctx = tmp.get_context("spawn")
+    out = ctx.Queue()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, data, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = out.get(timeout=120)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert got == pytest.approx(expected, nan_ok=True)
