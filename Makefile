@@ -1,0 +1,29 @@
+# `make demo` and `make test` set up a virtual environment on first use (.venv), then run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean-venv
+
+$(STAMP): setup.cfg pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/avmaster demo $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check avmaster tools tests
+
+bench: $(STAMP)
+	$(BIN)/python tools/bench_train.py
+	$(BIN)/python tools/bench_extract.py
+
+clean-venv:
+	rm -rf $(VENV)

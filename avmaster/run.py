@@ -1,0 +1,167 @@
+"""Train and evaluate: one Lightning loop behind ``avmaster train`` and ``avmaster eval``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from avmaster.config import Config, to_dict
+from avmaster.data.datamodule import AVQADataModule
+from avmaster.lightning_module import AVMasterModule
+from avmaster.metrics import write_results
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints go to a temporary file renamed into place: a killed run never leaves a
+    truncated ``last.ckpt`` behind, and the previous one stays readable."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
+                        storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def build_datamodule(cfg: Config, answers: list[str] | None = None) -> AVQADataModule:
+    return AVQADataModule(cfg.data, answers=answers)
+
+
+def build_module(cfg: Config, dm: AVQADataModule) -> AVMasterModule:
+    """A fresh model sized by the data: feature dims from the files, answers from the vocab."""
+    multiple_choice = dm.multiple_choice
+    answers = None if multiple_choice else dm.build_vocab().answers
+    return AVMasterModule(
+        model=to_dict(cfg.model), loss=to_dict(cfg.loss), optim=to_dict(cfg.optim),
+        dims=dm.dims, num_answers=len(answers) if answers else 0, answers=answers,
+        compile=cfg.compile,
+    )
+
+
+def build_trainer(cfg: Config, *, logs: bool = True, callbacks: list | None = None) -> L.Trainer:
+    t = cfg.trainer
+    run_dir = cfg.run_dir
+    loggers = [CSVLogger(run_dir, name="logs", version=""),
+               TensorBoardLogger(run_dir, name="tb", version="")] if logs else False
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.gradient_clip_val,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar,
+        logger=loggers,
+        callbacks=callbacks or [],
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+@dataclass
+class TrainResult:
+    best_ckpt: str
+    last_ckpt: str
+    test: dict[str, float] | None
+
+
+def train(cfg: Config) -> TrainResult:
+    """Fit on ``data.train``, select on ``data.val``, resume from ``last.ckpt`` when present,
+    then evaluate the best checkpoint on ``data.test`` (when listed)."""
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    ckpt_dir = cfg.run_dir / "checkpoints"
+    has_val = bool(cfg.data.val)
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="epoch{epoch:02d}", auto_insert_metric_name=False,
+        monitor="val/avg" if has_val else None, mode="max", save_last=True, save_top_k=1,
+    )
+    trainer = build_trainer(cfg, callbacks=[checkpoint, LearningRateMonitor("epoch")])
+    resume = cfg.ckpt
+    if resume is None and cfg.resume and (ckpt_dir / "last.ckpt").exists():
+        resume = str(ckpt_dir / "last.ckpt")
+        log.info("resuming from %s", resume)
+    (cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    results = None
+    if cfg.data.test or cfg.data.test_head:
+        results = evaluate(cfg, best, trainer_logs=False)
+    return TrainResult(best, checkpoint.last_model_path, results)
+
+
+def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
+             ) -> dict[str, float]:
+    """Per-type accuracy of a checkpoint on ``data.test``; writes ``results.json``/``.md`` and,
+    with ``save_predictions``, ``predictions.jsonl`` (question id, answer, top-5) in the run
+    folder. Returns the table (percent)."""
+    ckpt = ckpt or cfg.ckpt
+    if not ckpt:
+        raise ValueError("evaluation needs a checkpoint: pass ckpt=path/to/file.ckpt")
+    if not Path(ckpt).exists():
+        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+    module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
+    dm = build_datamodule(cfg, answers=module.hparams.get("answers"))
+    trainer = build_trainer(cfg, logs=trainer_logs)
+    trainer.test(module, datamodule=dm, verbose=False)
+    metric = module.test_metric
+    accuracy = {k: float(v) for k, v in metric.compute().items()}
+    counts = metric.counts()
+    out = cfg.run_dir / f"results_{cfg.data.name}"
+    if trainer.is_global_zero:
+        js, md = write_results(out, dm.spec, accuracy, counts,
+                               meta={"checkpoint": str(ckpt), "data": cfg.data.name,
+                                     "test": list(cfg.data.test)})
+        print(md.read_text())
+        log.info("results written to %s and %s", js, md)
+    if cfg.save_predictions:
+        write_predictions(trainer, module, dm, cfg.run_dir / f"predictions_{cfg.data.name}.jsonl")
+    return accuracy
+
+
+def write_predictions(trainer: L.Trainer, module: AVMasterModule, dm: AVQADataModule,
+                      path: Path) -> None:
+    """One JSON line per test question: id, predicted answer, top-5 answers with probabilities."""
+    outputs = trainer.predict(module, datamodule=dm)
+    if not trainer.is_global_zero or not outputs:
+        return
+    records = dm.dataset("test").records
+    answers = module.hparams.get("answers")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        for out in outputs:
+            for i, top, prob in zip(out["index"].tolist(), out["top_index"].tolist(),
+                                    out["top_prob"].tolist(), strict=True):
+                r = records[i]
+                names = [answers[k] if answers else (r.options or ())[k] for k in top]
+                f.write(json.dumps({"question_id": r.question_id, "answer": names[0],
+                                    "top5": [[n, round(p, 4)] for n, p in zip(names, prob,
+                                                                              strict=True)]})
+                        + "\n")
+    os.replace(tmp, path)

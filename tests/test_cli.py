@@ -1,0 +1,44 @@
+import json
+
+from avmaster.cli import main
+
+
+def test_help_and_unknown(capsys):
+    assert main([]) == 0 and "commands:" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
+
+
+def test_score_command_prints_the_table(tmp_path, fixtures, capsys):
+    entries = json.loads((fixtures / "music_avqa_test_sample.json").read_text())
+    preds = tmp_path / "crab.jsonl"
+    preds.write_text("".join(json.dumps({"question_id": e["question_id"],
+                                         "text": f"<answer>{e['anser']}</answer>"}) + "\n"
+                             for e in entries[:54]))
+    out = tmp_path / "scored"
+    code = main(["score", "--predictions", str(preds), "--annotations",
+                 str(fixtures / "music_avqa_test_sample.json"), "--out", str(out)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "| method | a_count | a_comp | a_avg |" in captured.out
+    assert "54 questions without a prediction" in captured.err
+    assert json.loads(out.with_suffix(".json").read_text())["accuracy"]["avg"] == 50.0
+
+
+def test_score_head_tail_table(tmp_path, fixtures, capsys):
+    preds = tmp_path / "p.json"
+    preds.write_text("{}")
+    assert main(["score", "--predictions", str(preds), "--table", "music_avqa_r",
+                 "--annotations", str(fixtures / "music_avqa_test_sample.json")]) == 0
+    assert "a_count_h | a_count_t" in capsys.readouterr().out
+
+
+def test_errors_are_one_clear_line(tmp_path, fixtures, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    preds = tmp_path / "p.json"
+    preds.write_text("{}")
+    assert main(["score", "--predictions", str(preds), "--annotations", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "avmaster score: error:" in err and "bad.json: malformed JSON" in err
+    assert main(["config", "model.nope=1"]) == 2
+    assert "unknown config key 'model.nope'" in capsys.readouterr().err
