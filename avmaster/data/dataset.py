@@ -53,6 +53,15 @@ class QADataset(Dataset):
                 raise ValueError("open-ended questions need an answer vocabulary")
             self.labels = np.array([vocab.index(r.answer) for r in self.records], dtype=np.int64)
         self.groups = np.array([spec.group_of(r) for r in self.records], dtype=np.int64)
+        self._visual_rows = visual.rows([r.video_id for r in self.records])
+        self._audio_rows = audio.rows([r.video_id for r in self.records])
+        self._text_rows = text.rows([r.question for r in self.records])
+        if self.multiple_choice:
+            k = {len(r.options or ()) for r in self.records}
+            if len(k) != 1:
+                raise ValueError(f"every question needs the same number of options, found {k}")
+            self._option_rows = text.rows([o for r in self.records for o in r.options or ()]
+                                          ).reshape(len(self.records), k.pop())
 
     @property
     def num_unknown(self) -> int:
@@ -62,46 +71,40 @@ class QADataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict[str, np.ndarray | int]:
-        r = self.records[i]
-        q = self.text[r.question]
-        item: dict[str, np.ndarray | int] = {
-            "visual": self.visual[r.video_id],
-            "audio": self.audio[r.video_id],
-            "question": q.sentence,
-            "question_tokens": q.tokens,
-            "label": int(self.labels[i]),
-            "group": int(self.groups[i]),
-            "index": i,
-        }
-        if self.multiple_choice:
-            item["options"] = np.stack([self.text[o].sentence for o in r.options or ()])
-        return item
+    def __getitem__(self, i: int) -> Batch:
+        """One question as a batch of one (see :meth:`__getitems__`)."""
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
-        """Batched fetch (used by DataLoader): returns the collated batch directly."""
-        return collate([self[i] for i in indices])
+        """A whole batch in a few vectorised reads (DataLoader calls this with the indices of
+        one batch); keys and shapes as in :func:`collate`."""
+        idx = np.asarray(indices, dtype=np.int64)
+        sentence, tokens, mask = self.text.take(self._text_rows[idx])
+        batch = {
+            "visual": torch.from_numpy(self.visual.take(self._visual_rows[idx])),
+            "audio": torch.from_numpy(self.audio.take(self._audio_rows[idx])),
+            "question": torch.from_numpy(sentence),
+            "question_tokens": torch.from_numpy(tokens),
+            "question_mask": torch.from_numpy(mask),
+            "label": torch.from_numpy(self.labels[idx]),
+            "group": torch.from_numpy(self.groups[idx]),
+            "index": torch.from_numpy(idx),
+        }
+        if self.multiple_choice:
+            opts = self._option_rows[idx]  # [B, K]
+            sent, _, _ = self.text.take(opts.reshape(-1))
+            batch["options"] = torch.from_numpy(sent.reshape(*opts.shape, -1))
+        return batch
 
 
-def collate(items: Sequence[dict[str, np.ndarray | int]]) -> Batch:
-    """Stack items; pad question tokens to the longest with a boolean ``question_mask``."""
-    lengths = [it["question_tokens"].shape[0] for it in items]  # type: ignore[union-attr]
-    dim = items[0]["question_tokens"].shape[1]  # type: ignore[union-attr]
-    tokens = np.zeros((len(items), max(lengths), dim), dtype=np.float32)
-    mask = np.zeros((len(items), max(lengths)), dtype=bool)
-    for b, (it, n) in enumerate(zip(items, lengths, strict=True)):
-        tokens[b, :n] = it["question_tokens"]
-        mask[b, :n] = True
-    batch = {
-        "visual": torch.from_numpy(np.stack([it["visual"] for it in items])),
-        "audio": torch.from_numpy(np.stack([it["audio"] for it in items])),
-        "question": torch.from_numpy(np.stack([it["question"] for it in items])),
-        "question_tokens": torch.from_numpy(tokens),
-        "question_mask": torch.from_numpy(mask),
-        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
-        "group": torch.tensor([it["group"] for it in items], dtype=torch.long),
-        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
-    }
-    if "options" in items[0]:
-        batch["options"] = torch.from_numpy(np.stack([it["options"] for it in items]))
-    return batch
+def collate(batches: Sequence[Batch]) -> Batch:
+    """Concatenate batches from :meth:`QADataset.__getitems__` (token padding re-aligned)."""
+    longest = max(b["question_tokens"].shape[1] for b in batches)
+    out: Batch = {}
+    for key in batches[0]:
+        parts = [b[key] for b in batches]
+        if key in ("question_tokens", "question_mask"):
+            parts = [torch.nn.functional.pad(p, (0, 0, 0, longest - p.shape[1]) if p.dim() == 3
+                                             else (0, longest - p.shape[1])) for p in parts]
+        out[key] = torch.cat(parts)
+    return out

@@ -232,8 +232,9 @@ class VideoFeatures:
     """Reader of a video feature file: ``store[video_id] -> float32 [seconds, D]``.
 
     ``seconds`` fits every video to that many rows (:func:`pad_or_trim`); ``None`` returns what
-    was stored. ``preload=True`` reads the whole file into RAM once (MUSIC-AVQA CLIP-L: ~0.8 GB
-    in float16).
+    was stored. ``preload=True`` reads the whole file into RAM once, as one array
+    ``[videos, seconds, D]`` in the stored dtype (MUSIC-AVQA CLIP-L: ~0.8 GB in float16), so a
+    batch is one fancy-indexing copy (:meth:`take`).
     """
 
     def __init__(self, path: Path | str, seconds: int | None = None, preload: bool = False):
@@ -245,42 +246,63 @@ class VideoFeatures:
         self.seconds = seconds
         self.dim = int(self.attrs["dim"])
         with h5py.File(self.path, "r") as f:
-            self._ids = frozenset(decode_name(n) for n in f[VIDEO_GROUP])
-        self._lazy = _LazyFile(self.path)
-        self._cache: dict[str, np.ndarray] | None = None
-        if preload:
-            with h5py.File(self.path, "r") as f:
+            names = sorted(f[VIDEO_GROUP])
+            self._ids_by_row = [decode_name(n) for n in names]
+            self._row = {v: i for i, v in enumerate(self._ids_by_row)}
+            self._array: np.ndarray | None = None
+            self._cache: dict[str, np.ndarray] | None = None
+            if preload:
                 grp = f[VIDEO_GROUP]
-                self._cache = {decode_name(n): grp[n][()] for n in grp}
+                if seconds is None:
+                    self._cache = {decode_name(n): grp[n][()] for n in names}
+                else:
+                    self._array = np.stack([pad_or_trim(grp[n][()], seconds) for n in names])
+        self._ids = frozenset(self._row)
+        self._lazy = _LazyFile(self.path)
 
     @property
     def ids(self) -> frozenset[str]:
         return self._ids
 
     def __contains__(self, video_id: str) -> bool:
-        return video_id in self._ids
+        return video_id in self._row
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._row)
 
     def check(self, video_ids: Iterable[str]) -> None:
         """Raise :class:`MissingFeaturesError` naming every requested id that is absent."""
-        missing = sorted({v for v in video_ids if v not in self._ids})
+        missing = sorted({v for v in video_ids if v not in self._row})
         if missing:
             raise MissingFeaturesError(self.path, missing)
 
+    def rows(self, video_ids: Sequence[str]) -> np.ndarray:
+        """Row numbers of ``video_ids`` for :meth:`take` (check them first)."""
+        return np.array([self._row[v] for v in video_ids], dtype=np.int64)
+
     def raw(self, video_id: str) -> np.ndarray:
+        """The stored array, before padding or trimming."""
         if self._cache is not None:
-            arr = self._cache[video_id]
-        else:
-            arr = self._lazy.file[VIDEO_GROUP][encode_name(video_id)][()]
-        return arr
+            return self._cache[video_id]
+        return self._lazy.file[VIDEO_GROUP][encode_name(video_id)][()]
+
+    def _fitted(self, video_id: str) -> np.ndarray:
+        if self._array is not None:
+            return self._array[self._row[video_id]]
+        arr = self.raw(video_id)
+        return arr if self.seconds is None else pad_or_trim(arr, self.seconds)
 
     def __getitem__(self, video_id: str) -> np.ndarray:
-        arr = self.raw(video_id)
-        if self.seconds is not None:
-            arr = pad_or_trim(arr, self.seconds)
-        return arr.astype(np.float32, copy=False)
+        return self._fitted(video_id).astype(np.float32)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """``[len(rows), seconds, D]`` in the stored dtype (float16 by default: half the bytes to
+        copy and to move to the GPU; the model casts on its device) for the given :meth:`rows`."""
+        if self.seconds is None:
+            raise FeatureStoreError("batched reads need a fixed number of seconds")
+        if self._array is not None:
+            return self._array[rows]
+        return np.stack([self._fitted(self._ids_by_row[r]) for r in rows])
 
     def close(self) -> None:
         self._lazy.close()
@@ -293,7 +315,11 @@ class TextFeature:
 
 
 class TextFeatures:
-    """Reader of a text feature file: ``store[text] -> TextFeature`` (keyed by :func:`text_key`)."""
+    """Reader of a text feature file: ``store[text] -> TextFeature`` (keyed by :func:`text_key`).
+
+    :meth:`take` gathers a batch: sentence vectors and token states padded to the longest,
+    with a boolean mask (True = real token).
+    """
 
     def __init__(self, path: Path | str, preload: bool = False):
         self.path = Path(path)
@@ -322,15 +348,35 @@ class TextFeatures:
         if missing:
             raise MissingFeaturesError(self.path, [repr(t) for t in missing], what="texts")
 
-    def __getitem__(self, text: str) -> TextFeature:
-        i = self._row[text_key(text)]
-        o, n = int(self._offset[i]), int(self._length[i])
+    def rows(self, texts: Sequence[str]) -> np.ndarray:
+        """Row numbers of ``texts`` for :meth:`take` (check them first)."""
+        return np.array([self._row[text_key(t)] for t in texts], dtype=np.int64)
+
+    def _sentences(self, rows: np.ndarray) -> np.ndarray:
         if self._sentence is not None:
-            sent, tok = self._sentence[i], self._tokens[o : o + n]
-        else:
-            f = self._lazy.file
-            sent, tok = f["sentence"][i], f["tokens"][o : o + n]
-        return TextFeature(sent.astype(np.float32), tok.astype(np.float32))
+            return self._sentence[rows]
+        ds = self._lazy.file["sentence"]
+        return np.stack([ds[int(r)] for r in rows])
+
+    def _token_rows(self, r: int) -> np.ndarray:
+        o, n = int(self._offset[r]), int(self._length[r])
+        src = self._tokens if self._tokens is not None else self._lazy.file["tokens"]
+        return src[o : o + n]
+
+    def __getitem__(self, text: str) -> TextFeature:
+        r = self._row[text_key(text)]
+        return TextFeature(self._sentences(np.array([r]))[0].astype(np.float32),
+                           np.asarray(self._token_rows(r), dtype=np.float32))
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``sentence [B, D]``, ``tokens [B, L, D]`` zero-padded, ``mask [B, L]`` (float32/bool)."""
+        lengths = self._length[rows]
+        tokens = np.zeros((len(rows), int(lengths.max(initial=1)), self.dim), dtype=np.float32)
+        mask = np.zeros(tokens.shape[:2], dtype=bool)
+        for b, (r, n) in enumerate(zip(rows, lengths, strict=True)):
+            tokens[b, :n] = self._token_rows(int(r))
+            mask[b, :n] = True
+        return self._sentences(rows).astype(np.float32), tokens, mask
 
     def close(self) -> None:
         self._lazy.close()
