@@ -31,7 +31,8 @@ def make_dataset(root: Path, videos: int, questions: int, seconds: int, dims: tu
         feats = ((v, rng.standard_normal((seconds, dim), dtype=np.float32)) for v in vids)
         write_video_features(root / f"{name}.h5", feats, modality=name, encoder="random")
     texts = [f"question number {i}" for i in range(questions)]
-    tokens = [rng.standard_normal((8 + i % 12, dims[2]), dtype=np.float32) for i in range(questions)]
+    tokens = [rng.standard_normal((8 + i % 12, dims[2]), dtype=np.float32)
+              for i in range(questions)]
     write_text_features(root / "text.h5", texts, rng.standard_normal((questions, dims[2])),
                         tokens, encoder="random")
     entries = [{"video_id": vids[i % videos], "question_id": i, "question_content": texts[i],
