@@ -1,0 +1,208 @@
+"""Extraction settings (every default in one place) and the file names they lead to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "ViT-L-14-336"  # AV-Master's peers' CLIP; the paper's ViT-L-14 is selectable
+DEFAULT_PRETRAINED = "openai"
+TINY_MODEL = "avmaster-tiny"  # shipped config (model_configs/): random weights, for tests/demos
+RANDOM_TAG = "random"
+VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "avi", "mov")
+VGGISH_POSTPROCESS = ("none", "pca", "pca-quantized")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+HWACCELS = ("cuda",)
+PARTS_DIR = ".parts"
+REPORT_NAME = "extract_report.jsonl"
+SUMMARY_NAME = "extract_summary.json"
+MAX_AUTO_WORKERS = 16
+
+
+def default_workers() -> int:
+    """Decoding processes by default: every core but one for the encoder loop (at most 16)."""
+    return max(1, min(MAX_AUTO_WORKERS, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class ExtractConfig:
+    """Everything that decides what is extracted, how, and where it goes.
+
+    The CLI (``avmaster extract``) exposes each field as a flag of the same name (``_`` -> ``-``).
+    """
+
+    out: Path = Path("features")
+    videos: Path | None = None
+    annotations: tuple[str, ...] = ()
+    annotation_format: str = "auto"
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS
+    # image + text encoder
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    clip_weights: str | None = None
+    random_init: bool = False
+    seed: int = 0
+    normalize: bool = False  # L2-normalise the stored CLIP vectors (default: raw encoder output)
+    patch_tokens: bool = False
+    # audio encoder
+    vggish_weights: str | None = None
+    vggish_pca_weights: str | None = None
+    vggish_postprocess: str = "none"
+    # time axis
+    seconds: int = 60  # T: MUSIC-AVQA's clips are 60 s, AVQA's 10 s
+    keep_all_seconds: bool = False
+    frame_position: float = 0.0  # the frame shown at the start of each second (see README)
+    silence_peak: float = 1e-4
+    # speed
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 256  # frames per image-encoder batch
+    audio_batch_size: int = 512  # log-mel examples per VGGish batch
+    text_batch_size: int = 256
+    workers: int = field(default_factory=default_workers)
+    decode_threads: int = 1
+    decode_all_frames: bool = False  # decode every frame (default: skip GOP tails; same frames)
+    fast_decode: bool = False  # lossy: the decoder skips deblocking and unreferenced frames
+    hwaccel: str | None = None  # "cuda": H.264/HEVC/VP9 decoding on the GPU's NVDEC engines
+    # bookkeeping
+    shard: tuple[int, int] = (0, 1)
+    part_videos: int = 64
+    part_seconds: float = 120.0
+    retry_failed: bool = False
+    dtype: str = "float16"
+    merge_only: bool = False
+    auto_merge: bool = True
+    clean_parts: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.videos = Path(self.videos) if self.videos is not None else None
+        self.annotations = tuple(str(a) for a in self.annotations)
+        self.extensions = tuple(e.lower().lstrip(".") for e in self.extensions)
+        if self.vggish_postprocess not in VGGISH_POSTPROCESS:
+            raise ValueError(f"vggish_postprocess {self.vggish_postprocess!r}: choose one of "
+                             f"{VGGISH_POSTPROCESS}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: choose one of {PRECISIONS}")
+        if not 0.0 <= self.frame_position < 1.0:
+            raise ValueError(f"frame_position {self.frame_position}: must lie in [0, 1)")
+        if self.seconds < 1:
+            raise ValueError(f"seconds {self.seconds}: must be at least 1")
+        i, n = self.shard
+        if not (n >= 1 and 0 <= i < n):
+            raise ValueError(f"shard {i}/{n}: want i/N with 0 <= i < N")
+
+    @property
+    def pretrained_tag(self) -> str:
+        """What the features' ``pretrained`` attribute says: the tag, or ``random``."""
+        return RANDOM_TAG if self.random_init else self.pretrained
+
+    @property
+    def stored_seconds(self) -> int | None:
+        """Rows per video in the files: ``seconds``, or ``None`` with ``keep_all_seconds``."""
+        return None if self.keep_all_seconds else self.seconds
+
+    def replace(self, **changes: Any) -> ExtractConfig:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return ExtractConfig(**values)
+
+
+def slug(text: str) -> str:
+    """File-name-safe lower-case form: ``ViT-L-14-336`` -> ``vit-l-14-336``."""
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "none"
+
+
+def clip_slug(model: str, pretrained: str) -> str:
+    """``vit-l-14-336_openai``: names the visual and text files of one CLIP model + weights."""
+    return f"{slug(model)}_{slug(pretrained)}"
+
+
+@dataclass(frozen=True)
+class FeaturePaths:
+    """Where one configuration's outputs live (all under ``out``)."""
+
+    visual: Path
+    audio: Path
+    text: Path
+    patch: Path
+    report: Path
+    summary: Path
+    parts: Path
+
+
+def feature_paths(cfg: ExtractConfig | None = None, out: Path | str | None = None,
+                  model: str | None = None, pretrained: str | None = None,
+                  vggish_postprocess: str | None = None, random_init: bool | None = None
+                  ) -> FeaturePaths:
+    """The output files of a configuration; keyword arguments override ``cfg``'s fields.
+
+    ``visual_<slug>.h5``, ``text_<slug>.h5``, ``patch_<slug>.h5`` with
+    ``slug = clip_slug(model, pretrained or 'random')``; ``audio_vggish.h5`` (``-pca`` /
+    ``-pca-quantized`` for the post-processed variants, ``_random`` for random weights).
+    """
+    cfg = cfg or ExtractConfig()
+    out = Path(out if out is not None else cfg.out)
+    random_init = cfg.random_init if random_init is None else random_init
+    tag = RANDOM_TAG if random_init else (pretrained or cfg.pretrained)
+    s = clip_slug(model or cfg.model, tag)
+    post = vggish_postprocess or cfg.vggish_postprocess
+    audio = "audio_vggish" + ("" if post == "none" else f"-{post}")
+    audio += f"_{RANDOM_TAG}" if random_init else ""
+    return FeaturePaths(
+        visual=out / f"visual_{s}.h5",
+        audio=out / f"{audio}.h5",
+        text=out / f"text_{s}.h5",
+        patch=out / f"patch_{s}.h5",
+        report=out / REPORT_NAME,
+        summary=out / SUMMARY_NAME,
+        parts=out / PARTS_DIR,
+    )
+
+
+def _clip_settings(cfg: ExtractConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": cfg.model, "pretrained": cfg.pretrained_tag}
+    if cfg.random_init:
+        out["seed"] = cfg.seed
+    return out
+
+
+def visual_settings(cfg: ExtractConfig) -> dict[str, Any]:
+    """What decides the visual features' values: stored in the files, compared on resume."""
+    return {**_clip_settings(cfg), "output": "image_features", "normalize": cfg.normalize,
+            "seconds": cfg.stored_seconds, "frame_position": cfg.frame_position,
+            "fast_decode": cfg.fast_decode, "dtype": cfg.dtype}
+
+
+def patch_settings(cfg: ExtractConfig) -> dict[str, Any]:
+    return {**visual_settings(cfg), "output": "patch_tokens_projected"}
+
+
+def audio_settings(cfg: ExtractConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"encoder": "vggish", "pretrained": RANDOM_TAG if cfg.random_init
+                           else "audioset", "postprocess": cfg.vggish_postprocess,
+                           "seconds": cfg.stored_seconds, "dtype": cfg.dtype}
+    if cfg.random_init:
+        out["seed"] = cfg.seed
+    return out
+
+
+def text_settings(cfg: ExtractConfig) -> dict[str, Any]:
+    return {**_clip_settings(cfg), "output": "encode_text + token states", "dtype": cfg.dtype}
+
+
+def settings_json(settings: dict[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True)
+
+
+def settings_hash(*settings: dict[str, Any]) -> str:
+    """Short stable hash naming the parts folder of one set of settings."""
+    blob = "|".join(settings_json(s) for s in settings)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
