@@ -6,7 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 USAGE = """avmaster <command> [options]
 
@@ -99,7 +99,7 @@ def cmd_score(argv: Sequence[str]) -> int:
     return 0
 
 
-def _delegate(module: str) -> callable:
+def _delegate(module: str) -> Callable[[Sequence[str]], int]:
     def run(argv: Sequence[str]) -> int:
         return int(importlib.import_module(module).main(list(argv)) or 0)
 
@@ -128,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"avmaster: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("avmaster").setLevel(logging.INFO)
     from avmaster.config import ConfigError
     from avmaster.data.annotations import AnnotationError
     from avmaster.data.store import FeatureStoreError

@@ -17,6 +17,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from avmaster.config import Config, to_dict
 from avmaster.data.datamodule import AVQADataModule
+from avmaster.inference import FeatureSettingsCallback, read_settings
 from avmaster.lightning_module import AVMasterModule
 from avmaster.metrics import write_results
 
@@ -47,11 +48,13 @@ def build_module(cfg: Config, dm: AVQADataModule) -> AVMasterModule:
     """A fresh model sized by the data: feature dims from the files, answers from the vocab."""
     multiple_choice = dm.multiple_choice
     answers = None if multiple_choice else dm.build_vocab().answers
-    return AVMasterModule(
-        model=to_dict(cfg.model), loss=to_dict(cfg.loss), optim=to_dict(cfg.optim),
-        dims=dm.dims, num_answers=len(answers) if answers else 0, answers=answers,
-        compile=cfg.compile,
+    module = AVMasterModule(
+        model_cfg=to_dict(cfg.model), loss_cfg=to_dict(cfg.loss), optim_cfg=to_dict(cfg.optim),
+        dims=dm.dims, answers=answers, multiple_choice=multiple_choice,
     )
+    if cfg.compile:
+        module.model.compile()  # in place: checkpoints keep the plain parameter names
+    return module
 
 
 def build_trainer(cfg: Config, *, logs: bool = True, callbacks: list | None = None) -> L.Trainer:
@@ -100,7 +103,13 @@ def train(cfg: Config) -> TrainResult:
         dirpath=ckpt_dir, filename="epoch{epoch:02d}", auto_insert_metric_name=False,
         monitor="val/avg" if has_val else None, mode="max", save_last=True, save_top_k=1,
     )
-    trainer = build_trainer(cfg, callbacks=[checkpoint, LearningRateMonitor("epoch")])
+    features = FeatureSettingsCallback({
+        "visual": read_settings(dm.feature_path(cfg.data.visual_features)),
+        "audio": read_settings(dm.feature_path(cfg.data.audio_features)),
+        "text": read_settings(dm.feature_path(cfg.data.text_features)),
+        "seconds": cfg.data.seconds,
+    })
+    trainer = build_trainer(cfg, callbacks=[checkpoint, LearningRateMonitor("epoch"), features])
     resume = cfg.ckpt
     if resume is None and cfg.resume and (ckpt_dir / "last.ckpt").exists():
         resume = str(ckpt_dir / "last.ckpt")
@@ -128,10 +137,11 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
     module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
     dm = build_datamodule(cfg, answers=module.hparams.get("answers"))
     trainer = build_trainer(cfg, logs=trainer_logs)
-    trainer.test(module, datamodule=dm, verbose=False)
-    metric = module.test_metric
-    accuracy = {k: float(v) for k, v in metric.compute().items()}
-    counts = metric.counts()
+    logged = trainer.test(module, datamodule=dm, verbose=False)[0]
+    columns = [c for c, _ in dm.spec.columns]
+    accuracy = {c: float(logged[f"test/{c}"]) for c in columns}
+    groups = torch.from_numpy(dm.dataset("test").groups)
+    counts = dm.spec.counts(torch.bincount(groups, minlength=len(dm.spec.groups)).tolist())
     out = cfg.run_dir / f"results_{cfg.data.name}"
     if trainer.is_global_zero:
         js, md = write_results(out, dm.spec, accuracy, counts,
@@ -147,8 +157,12 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
 def write_predictions(trainer: L.Trainer, module: AVMasterModule, dm: AVQADataModule,
                       path: Path) -> None:
     """One JSON line per test question: id, predicted answer, top-5 answers with probabilities."""
+    if trainer.world_size > 1:
+        log.warning("predictions are written by single-process evaluation only; rerun "
+                    "`avmaster eval ... trainer.devices=1` to get %s", path)
+        return
     outputs = trainer.predict(module, datamodule=dm)
-    if not trainer.is_global_zero or not outputs:
+    if not outputs:
         return
     records = dm.dataset("test").records
     answers = module.hparams.get("answers")
@@ -156,8 +170,8 @@ def write_predictions(trainer: L.Trainer, module: AVMasterModule, dm: AVQADataMo
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         for out in outputs:
-            for i, top, prob in zip(out["index"].tolist(), out["top_index"].tolist(),
-                                    out["top_prob"].tolist(), strict=True):
+            for i, top, prob in zip(out["index"].tolist(), out["top5"].tolist(),
+                                    out["top5_prob"].tolist(), strict=True):
                 r = records[i]
                 names = [answers[k] if answers else (r.options or ())[k] for k in top]
                 f.write(json.dumps({"question_id": r.question_id, "answer": names[0],

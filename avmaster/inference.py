@@ -1,0 +1,140 @@
+"""Answer questions about raw video files with a trained checkpoint.
+
+The checkpoint records the extraction settings of the features it was trained on (see
+:class:`FeatureSettingsCallback`), so a :class:`Predictor` extracts a new video exactly like
+the training videos: same CLIP model and tag (or the same seeded random weights), same VGGish
+post-processing, frame position and number of seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import lightning as L
+import torch
+
+from avmaster.data.annotations import strip_question
+from avmaster.lightning_module import AVMasterModule
+from avmaster.models.avmaster import AVMasterOutput
+
+CKPT_KEY = "avmaster_features"
+TOP_K = 5
+
+
+def read_settings(path: Path | str) -> dict[str, Any]:
+    """The extraction settings a feature file was written with (empty if it has none)."""
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get("settings")
+    return json.loads(raw) if raw else {}
+
+
+class FeatureSettingsCallback(L.Callback):
+    """Stores the training features' extraction settings in every checkpoint."""
+
+    def __init__(self, settings: Mapping[str, Any]):
+        self.settings = dict(settings)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_KEY] = self.settings
+
+
+def extract_config_for(settings: Mapping[str, Any], **overrides: Any):
+    """An :class:`~avmaster.extract.ExtractConfig` reproducing ``settings`` (from a checkpoint)."""
+    from avmaster.extract import ExtractConfig
+
+    visual, audio = settings.get("visual", {}), settings.get("audio", {})
+    if not visual or not audio:
+        raise ValueError("the checkpoint does not record how its features were extracted; "
+                         "it was trained on features written by another tool")
+    random_init = visual.get("pretrained") == "random"
+    cfg: dict[str, Any] = {
+        "model": visual["model"],
+        "random_init": random_init,
+        "seed": int(visual.get("seed", 0)),
+        "normalize": bool(visual.get("normalize", False)),
+        "frame_position": float(visual.get("frame_position", 0.0)),
+        "fast_decode": bool(visual.get("fast_decode", False)),
+        "vggish_postprocess": audio.get("postprocess", "none"),
+        "seconds": int(settings.get("seconds") or visual.get("seconds") or 60),
+        "progress": False,
+        "workers": 1,
+    }
+    if not random_init:
+        cfg["pretrained"] = visual["pretrained"]
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return ExtractConfig(**cfg)
+
+
+@dataclass
+class Prediction:
+    """An answer with its top-k, the per-path distributions and where the time went."""
+
+    answer: str
+    top: list[tuple[str, float]]
+    timings: dict[str, float]
+    output: AVMasterOutput = field(repr=False)
+    names: list[str] = field(default_factory=list)  # every answer (or option), index order
+    paths: dict[str, list[float]] = field(default_factory=dict)  # per-path softmax
+
+
+class Predictor:
+    """``Predictor(ckpt)(video, question)`` -> :class:`Prediction`."""
+
+    def __init__(self, ckpt: Path | str, device: str = "cpu", **extract_overrides: Any):
+        ckpt = Path(ckpt)
+        if not ckpt.exists():
+            raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+        t0 = time.perf_counter()
+        raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+        self.module = AVMasterModule.load_from_checkpoint(ckpt, map_location=device).eval()
+        self.device = torch.device(device)
+        self.answers = self.module.hparams.get("answers")
+        settings = raw.get(CKPT_KEY, {})
+        self.seconds = int(settings.get("seconds") or 0)
+        self.extractor_config = extract_config_for(settings, device=device, **extract_overrides)
+        from avmaster.extract import FeatureExtractor
+
+        self.extractor = FeatureExtractor(self.extractor_config)
+        self.load_s = time.perf_counter() - t0
+
+    @torch.no_grad()
+    def __call__(self, video: Path | str, question: str,
+                 options: Sequence[str] | None = None) -> Prediction:
+        timings = {}
+        t0 = time.perf_counter()
+        visual, audio, _ = self.extractor.encode_video_file(video)
+        timings["extract video"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        texts = [strip_question(question), *(options or ())]
+        sentence, tokens = self.extractor.encode_texts(texts)
+        timings["encode text"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        q = torch.from_numpy(tokens[0])[None]
+        batch = {
+            "visual": torch.from_numpy(visual)[None],
+            "audio": torch.from_numpy(audio)[None],
+            "question": torch.from_numpy(sentence[:1]),
+            "question_tokens": q,
+            "question_mask": torch.ones(q.shape[:2], dtype=torch.bool),
+        }
+        if options:
+            batch["options"] = torch.from_numpy(sentence[1:])[None]
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = self.module.model(batch)
+        probs = out.probs()[0].float().cpu()
+        timings["model"] = time.perf_counter() - t0
+        names = list(options) if options else self.answers
+        top = probs.topk(min(TOP_K, probs.numel()))
+        ranked = [(names[i], float(p)) for i, p in zip(top.indices.tolist(), top.values.tolist(),
+                                                        strict=True)]
+        paths = {name: torch.softmax(logits[0].float(), -1).cpu().tolist()
+                 for name, logits in (("multimodal", out.logits), ("audio", out.audio_logits),
+                                      ("visual", out.visual_logits)) if logits is not None}
+        return Prediction(ranked[0][0], ranked, timings, out, list(names), paths)
