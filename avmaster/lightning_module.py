@@ -1,0 +1,183 @@
+"""LightningModule around :class:`~avmaster.models.AVMaster`: losses, optimiser, metrics, predict.
+
+Hyperparameters are saved as plain values (configs as dicts, feature dims, answer count and
+vocabulary), so ``AVMasterModule.load_from_checkpoint(path)`` rebuilds the model with no other
+input. Evaluation predicts ``argmax`` of the sum of the paths' softmaxes; per-group metrics come
+from ``trainer.datamodule.make_metric(stage)`` when the datamodule has it (a torchmetrics
+``Metric`` with ``update(pred, label, group)`` and a dict-returning ``compute()``), otherwise
+plain answer accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from avmaster.losses import IGNORE_INDEX, AVMasterLoss
+from avmaster.models.avmaster import AVMaster, AVMasterOutput, as_dims
+from avmaster.models.config import FeatureDims, LossConfig, ModelConfig, OptimConfig, to_dataclass
+
+TOP_K = 5
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], cfg: OptimConfig
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.StepLR]:
+    """Adam (the fused kernel where the parameters' device has one) and its StepLR."""
+    params = [p for p in params if p.requires_grad]
+    fused = all(p.device.type in FUSED_ADAM_DEVICES for p in params)
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_size, gamma=cfg.lr_gamma)
+    return opt, sched
+
+
+class AnswerAccuracy(Metric):
+    """Percent of correct predictions; labels equal to ``IGNORE_INDEX`` always count as wrong."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.add_state("correct", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, pred: Tensor, label: Tensor, group: Tensor | None = None) -> None:
+        self.correct += ((pred == label) & (label != IGNORE_INDEX)).sum()
+        self.total += label.numel()
+
+    def compute(self) -> dict[str, float]:
+        return {"acc": 100.0 * self.correct.item() / max(self.total.item(), 1)}
+
+
+class AVMasterModule(L.LightningModule):
+    """Trains and evaluates AV-Master.
+
+    ``model_cfg`` / ``loss_cfg`` / ``optim_cfg``: dataclasses, mappings or OmegaConf configs
+    (defaults when ``None``); ``dims``: ``{"visual", "audio", "text"}`` feature sizes;
+    ``num_answers``: C (``len(answers)`` when 0 and ``answers`` given); ``answers``: the answer
+    vocabulary, kept for decoding predictions; ``multiple_choice``: score ``batch["options"]``.
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig | Mapping[str, Any] | None = None,
+        loss_cfg: LossConfig | Mapping[str, Any] | None = None,
+        optim_cfg: OptimConfig | Mapping[str, Any] | None = None,
+        dims: FeatureDims | Mapping[str, int] | None = None,
+        num_answers: int = 0,
+        answers: list[str] | None = None,
+        multiple_choice: bool = False,
+    ):
+        super().__init__()
+        model_cfg = to_dataclass(ModelConfig, model_cfg)
+        loss_cfg = to_dataclass(LossConfig, loss_cfg)
+        optim_cfg = to_dataclass(OptimConfig, optim_cfg)
+        dims = as_dims(dims)
+        answers = None if answers is None else [str(a) for a in answers]
+        if answers is not None and not multiple_choice:
+            if num_answers and num_answers != len(answers):
+                raise ValueError(f"num_answers={num_answers} but {len(answers)} answers given")
+            num_answers = len(answers)
+        self.save_hyperparameters(
+            {
+                "model_cfg": asdict(model_cfg),
+                "loss_cfg": asdict(loss_cfg),
+                "optim_cfg": asdict(optim_cfg),
+                "dims": asdict(dims),
+                "num_answers": int(num_answers),
+                "answers": answers,
+                "multiple_choice": bool(multiple_choice),
+            }
+        )
+        self.model = AVMaster(model_cfg, dims, num_answers, multiple_choice, loss_cfg)
+        self.criterion = AVMasterLoss(loss_cfg)
+        self.optim_cfg = optim_cfg
+        self.answers = answers
+        self._metrics: dict[str, Metric] = {}
+
+    def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int
+                                ) -> dict[str, Tensor]:
+        """Features travel in their stored dtype (float16: half the copy and transfer cost);
+        they become float32 on the device (mixed precision then casts as it needs)."""
+        return {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
+
+    def forward(self, batch: Mapping[str, Tensor]) -> AVMasterOutput:
+        return self.model(batch)
+
+    # -- training --------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self.criterion(self.model(batch), batch["label"])
+        self._log_losses("train", losses, batch["label"].shape[0])
+        return losses["loss"]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt, sched = build_optimizer(self.parameters(), self.optim_cfg)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def _log_losses(self, stage: str, losses: Mapping[str, Tensor], batch_size: int) -> None:
+        on_step = stage == "train"
+        values = {f"{stage}/loss_{k}": v.detach() for k, v in losses.items() if k != "loss"}
+        self.log(f"{stage}/loss", losses["loss"].detach(), prog_bar=True, on_step=on_step,
+                 on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
+        self.log_dict(values, on_step=on_step, on_epoch=not on_step, batch_size=batch_size,
+                      sync_dist=not on_step)
+
+    # -- evaluation ------------------------------------------------------------------------
+    def _make_metric(self, stage: str) -> Metric:
+        make = getattr(getattr(self.trainer, "datamodule", None), "make_metric", None)
+        metric = make(stage) if callable(make) else AnswerAccuracy()
+        return metric.to(self.device)
+
+    def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:
+        out = self.model(batch)
+        label = batch["label"]
+        self._log_losses(stage, self.criterion(out, label), label.shape[0])
+        pred = out.pred()
+        if stage not in self._metrics:
+            self._metrics[stage] = self._make_metric(stage)
+        group = batch.get("group")
+        group = torch.zeros_like(label) if group is None else group
+        self._metrics[stage].update(pred, label, group)
+        return pred
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        metric = self._metrics.pop(stage, None)
+        if metric is None:
+            return
+        values = metric.compute()  # torchmetrics syncs the states across processes
+        metric.reset()
+        prefix = f"{stage}/"
+        self.log_dict(
+            {(k if k.startswith(prefix) else prefix + k): float(v) for k, v in values.items()},
+            sync_dist=False,
+        )
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """``pred [B]``, ``top5 [B, k]`` answer indices with ``top5_prob [B, k]`` (mean of the
+        paths' softmaxes; k = min(5, C)) and the batch's ``index``."""
+        probs = self.model(batch).probs()
+        top = probs.topk(min(TOP_K, probs.shape[-1]), dim=-1)
+        result = {"pred": probs.argmax(dim=-1), "top5": top.indices, "top5_prob": top.values}
+        if "index" in batch:
+            result["index"] = batch["index"]
+        return result

@@ -1,0 +1,504 @@
+"""AV-Master modules and the full model: shapes, masks, ablations, gradients, checkpoints, DDP."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from avmaster.lightning_module import AnswerAccuracy, AVMasterModule
+from avmaster.losses import AVMasterLoss
+from avmaster.models import (
+    ABLATIONS,
+    CAB,
+    FFN,
+    MLP,
+    SAB,
+    AnswerDecoder,
+    AVMaster,
+    FeatureDims,
+    FocusCapture,
+    FocusStep,
+    KeyFusion,
+    LossConfig,
+    ModelConfig,
+    OptionHead,
+    PreferenceActivation,
+    SingleKeyCAB,
+    ablation,
+)
+
+B, T, L_MAX, C, K = 3, 5, 6, 7, 4
+DIMS = FeatureDims(visual=12, audio=10, text=16)
+SMALL = ModelConfig(dim=32, heads=4, template_len=3, decoder_depth=2, dropout=0.0)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_batch(
+    b: int = B,
+    t: int = T,
+    lengths: tuple[int, ...] = (6, 2, 4),
+    options: bool = False,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    n = max(lengths)
+    mask = torch.arange(n)[None] < torch.tensor(lengths)[:, None]
+    batch = {
+        "visual": torch.randn(b, t, DIMS.visual, generator=g),
+        "audio": torch.randn(b, t, DIMS.audio, generator=g),
+        "question_tokens": torch.randn(b, n, DIMS.text, generator=g) * mask[..., None],
+        "question_mask": mask,
+        "question": torch.randn(b, DIMS.text, generator=g),
+        "label": torch.randint(0, K if options else C, (b,), generator=g),
+        "group": torch.zeros(b, dtype=torch.long),
+        "index": torch.arange(b),
+    }
+    if options:
+        batch["options"] = torch.randn(b, K, DIMS.text, generator=g)
+    return batch
+
+
+def build(
+    name: str = "full", multiple_choice: bool = False, **changes
+) -> tuple[AVMaster, LossConfig]:
+    cfg, loss = ablation(name, dataclasses.replace(SMALL, **changes))
+    torch.manual_seed(0)
+    return AVMaster(cfg, DIMS, C, multiple_choice=multiple_choice, loss_cfg=loss), loss
+
+
+def outputs_of(model: AVMaster, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    out = model(batch)
+    tensors = [*out.path_logits, *out.preferences, *out.focus_maps.values()]
+    return tensors + [x for x in (out.fused, out.audio_focus, out.visual_focus) if x is not None]
+
+
+# -- blocks -------------------------------------------------------------------------------------
+
+
+def test_block_shapes() -> None:
+    x, ctx = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    assert FFN(32, 2)(x).shape == x.shape
+    assert MLP(32, 64, 8)(x).shape == (2, 5, 8)
+    assert SAB(32, 4)(x).shape == x.shape
+    assert CAB(32, 4)(x, ctx, mask).shape == x.shape
+    cab = SingleKeyCAB(32)
+    assert cab(x, cab.project(ctx[:, :1])).shape == x.shape
+
+
+def test_sab_ignores_masked_keys() -> None:
+    sab = SAB(32, 4).eval()
+    x = torch.randn(2, 6, 32)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    y = x.clone()
+    y[0, 4:] = 100 * torch.randn(2, 32)
+    assert torch.allclose(sab(x, mask)[0, :4], sab(y, mask)[0, :4], atol=1e-5)
+    assert torch.allclose(sab(x[:1, :4])[0], sab(x, mask)[0, :4], atol=1e-5)
+
+
+def test_single_key_cab_equals_cab_with_one_key() -> None:
+    """The focus CAB shortcut is exact: softmax over one key is 1."""
+    torch.manual_seed(0)
+    cab, fast = CAB(32, 4).eval(), SingleKeyCAB(32).eval()
+    fast.ff.load_state_dict(cab.ff.state_dict())
+    fast.norm1.load_state_dict(cab.norm1.state_dict())
+    fast.norm2.load_state_dict(cab.norm2.state_dict())
+    fast.to_out.load_state_dict(cab.attn.to_out.state_dict())
+    with torch.no_grad():
+        fast.to_v.weight.copy_(cab.attn.to_kv.weight[32:])
+        fast.to_v.bias.copy_(cab.attn.to_kv.bias[32:])
+    x, frame = torch.randn(2, 5, 32), torch.randn(2, 1, 32)
+    assert torch.allclose(cab(x, frame), fast(x, fast.project(frame)), atol=1e-5)
+
+
+# -- focus, fusion, preference, decoders --------------------------------------------------------
+
+
+@pytest.mark.parametrize("share", ["none", "attention", "bias", "both"])
+def test_focus_capture_shapes_and_sharing(share: str) -> None:
+    cfg = dataclasses.replace(SMALL, share=share)
+    focus = FocusCapture(32, 4, 3, 1, 0.0, cfg.share_attention, cfg.share_bias)
+    assert len(focus.steps) == (1 if cfg.share_attention else 2)
+    assert focus.bias.shape[0] == (1 if cfg.share_bias else 2)
+    out = focus(torch.randn(B, T, 32), torch.randn(B, T, 32))
+    assert out.audio.shape == out.visual.shape == (B, 3, 32)
+    assert out.audio_map.shape == out.visual_map.shape == (B, 3, T)
+    assert torch.allclose(out.audio_map.sum(-1), torch.ones(B, 3))
+
+
+def naive_focus(step: FocusStep, x: torch.Tensor, cls: torch.Tensor, bias: torch.Tensor):
+    """Eq. 2 written out step by step, without precomputation."""
+    for k in range(x.shape[1]):
+        frame = x[:, k : k + 1]
+        tp1 = cls + frame.expand_as(cls)
+        tp2 = step.sab2(step.sab1(tp1) + bias) + bias
+        cls = step.cab(tp2, step.cab.to_out(step.cab.to_v(frame)))
+    return cls
+
+
+def test_focus_batched_modalities_match_naive_recurrence() -> None:
+    torch.manual_seed(0)
+    focus = FocusCapture(32, 4, 3, 1, 0.0, share_attention=True, share_bias=False).eval()
+    a, v = torch.randn(B, T, 32), torch.randn(B, T, 32)
+    out = focus(a, v)
+    step = focus.steps[0]
+    init = focus.templates[:, None].expand(-1, B, -1, -1)
+    ref_a = naive_focus(step, a, init[0], focus.bias[0])
+    ref_v = naive_focus(step, v, init[1], focus.bias[1])
+    assert torch.allclose(out.audio, ref_a, atol=1e-5)
+    assert torch.allclose(out.visual, ref_v, atol=1e-5)
+
+
+def test_focus_depends_on_temporal_order() -> None:
+    torch.manual_seed(0)
+    focus = FocusCapture(32, 4, 3, 1, 0.0).eval()
+    a, v = torch.randn(1, T, 32), torch.randn(1, T, 32)
+    out, flipped = focus(a, v), focus(a.flip(1), v.flip(1))
+    assert not torch.allclose(out.audio, flipped.audio, atol=1e-3)
+
+
+def test_fusion_preference_decoder_shapes() -> None:
+    a, v, w = torch.randn(B, T, 32), torch.randn(B, T, 32), torch.randn(B, L_MAX, 32)
+    mask = torch.ones(B, L_MAX, dtype=torch.bool)
+    mask[0, 3:] = False
+    fused = KeyFusion(32, 4, 1)(a, v, w, mask, torch.randn(B, 3, 32), torch.randn(B, 3, 32))
+    assert fused.shape == (B, 32)
+    assert PreferenceActivation(32, 4, 1)(a, w, mask).shape == (B, T, 32)
+    h = AnswerDecoder(32, 4, depth=2)(torch.randn(B, 32), a)
+    assert h.shape == (B, 32)
+    assert OptionHead(32)(h, torch.randn(B, K, 32)).shape == (B, K)
+
+
+# -- the full model -----------------------------------------------------------------------------
+
+EXPECTED_PATHS = {
+    # name: (multimodal logits, audio logits, visual logits, focus)
+    "full": (True, True, True, True),
+    "wo_avfc": (True, True, True, False),
+    "wo_dpcl": (True, True, True, True),
+    "wo_gpap": (True, False, False, True),
+    "wo_tdpp": (False, True, True, False),
+    "wo_all": (True, False, False, False),
+    "wo_ape": (True, False, True, True),
+    "wo_vpe": (True, True, False, True),
+    "wo_avpe": (True, False, False, True),
+    "question_only": (True, False, False, False),
+    "loss_qa": (True, False, False, True),
+    "loss_qa_c": (True, False, False, True),
+    "loss_qa_c_a": (True, True, False, True),
+    "loss_qa_c_v": (True, False, True, True),
+    "loss_qa_a_v": (True, True, True, True),
+}
+
+
+def test_every_preset_is_covered() -> None:
+    assert set(EXPECTED_PATHS) == set(ABLATIONS)
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_full_model_shapes(name: str) -> None:
+    model, _ = build(name)
+    out = model(make_batch())
+    has_mm, _, _, has_focus = EXPECTED_PATHS[name]
+    assert (out.logits is not None, out.audio_logits is not None,
+            out.visual_logits is not None, bool(out.focus_maps)) == EXPECTED_PATHS[name]
+    for logits in out.path_logits:
+        assert logits.shape == (B, C)
+    if has_mm and name != "question_only":
+        assert out.fused.shape == (B, SMALL.dim)
+    for pref in out.preferences:
+        assert pref.shape == (B, T, SMALL.dim)
+    if has_focus:
+        assert out.audio_focus.shape == (B, SMALL.template_len, SMALL.dim)
+        assert out.focus_maps["visual"].shape == (B, SMALL.template_len, T)
+    probs = out.probs()
+    assert probs.shape == (B, C)
+    assert torch.allclose(probs.sum(-1), torch.ones(B))
+    assert out.pred().shape == (B,)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 12, 16])
+def test_template_lengths(n: int) -> None:
+    model, _ = build(template_len=n)
+    out = model(make_batch())
+    assert out.audio_focus.shape == (B, n, SMALL.dim)
+
+
+def test_inference_sums_the_three_softmaxes() -> None:
+    model, _ = build()
+    out = model(make_batch())
+    summed = sum(x.softmax(-1) for x in (out.logits, out.audio_logits, out.visual_logits))
+    assert torch.equal(out.pred(), summed.argmax(-1))
+
+
+@pytest.mark.parametrize("name", ["full", "wo_tdpp", "wo_avfc", "question_only"])
+def test_padded_question_tokens_do_not_leak(name: str) -> None:
+    model, _ = build(name)
+    model.eval()
+    batch = make_batch()
+    changed = dict(batch)
+    noise = 1e3 * torch.randn_like(batch["question_tokens"])
+    changed["question_tokens"] = torch.where(batch["question_mask"][..., None],
+                                             batch["question_tokens"], noise)
+    with torch.no_grad():
+        for x, y in zip(outputs_of(model, batch), outputs_of(model, changed), strict=True):
+            assert torch.allclose(x, y, atol=1e-5)
+        # a sample padded inside a batch gives what it gives alone, unpadded
+        alone = {k: v[1:2] for k, v in batch.items()}
+        n = int(batch["question_mask"][1].sum())
+        alone["question_tokens"] = alone["question_tokens"][:, :n]
+        alone["question_mask"] = alone["question_mask"][:, :n]
+        for x, y in zip(outputs_of(model, batch), outputs_of(model, alone), strict=True):
+            assert torch.allclose(x[1:2], y, atol=1e-5)
+
+
+def assert_every_parameter_learns(model: AVMaster, loss_cfg: LossConfig, batch) -> None:
+    model.train()
+    losses = AVMasterLoss(loss_cfg)(model(batch), batch["label"])
+    losses["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    zero = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.any()]
+    assert not missing, f"no gradient: {missing}"
+    assert not zero, f"zero gradient: {zero}"
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_every_parameter_gets_a_gradient(name: str) -> None:
+    model, loss = build(name, dropout=0.1)
+    assert_every_parameter_learns(model, loss, make_batch())
+
+
+@pytest.mark.parametrize("share", ["none", "bias", "both"])
+def test_every_parameter_gets_a_gradient_for_each_sharing(share: str) -> None:
+    model, loss = build(share=share)
+    assert_every_parameter_learns(model, loss, make_batch())
+
+
+def test_every_parameter_gets_a_gradient_when_fusion_learns_only_from_contrast() -> None:
+    loss = LossConfig(qa=0.0, visual=0.0)
+    torch.manual_seed(0)
+    model = AVMaster(SMALL, DIMS, C, loss_cfg=loss)
+    assert model.decoder is None and model.fusion is not None
+    assert_every_parameter_learns(model, loss, make_batch())
+
+
+def test_every_parameter_gets_a_gradient_multiple_choice() -> None:
+    model, loss = build(multiple_choice=True)
+    assert_every_parameter_learns(model, loss, make_batch(options=True))
+
+
+def _top_modules(model: AVMaster) -> set[str]:
+    return {name.split(".")[0] for name, _ in model.named_parameters()}
+
+
+def test_ablations_change_the_parameter_set() -> None:
+    full = _top_modules(build()[0])
+    assert full == {
+        "proj_question", "proj_words", "proj_audio", "proj_visual", "focus", "fusion",
+        "decoder", "audio_pref", "audio_decoder", "visual_pref", "visual_decoder",
+    }
+    assert _top_modules(build("wo_avfc")[0]) == full - {"focus"}
+    assert _top_modules(build("wo_dpcl")[0]) == full
+    assert _top_modules(build("wo_tdpp")[0]) == full - {"focus", "fusion", "decoder"}
+    no_pref = {"audio_pref", "audio_decoder", "visual_pref", "visual_decoder"}
+    assert _top_modules(build("wo_gpap")[0]) == full - no_pref
+    assert _top_modules(build("wo_avpe")[0]) == full - no_pref
+    assert _top_modules(build("wo_all")[0]) == full - no_pref - {"focus"}
+    assert _top_modules(build("wo_ape")[0]) == full - {"audio_pref", "audio_decoder"}
+    assert _top_modules(build("wo_vpe")[0]) == full - {"visual_pref", "visual_decoder"}
+    assert _top_modules(build("question_only")[0]) == {"proj_question", "proj_words", "decoder"}
+    # loss ablations: a decoder without its answer loss is not built; a preference branch
+    # stays while L_c trains it
+    decoders = {"audio_decoder", "visual_decoder"}
+    assert _top_modules(build("loss_qa")[0]) == full - no_pref
+    assert _top_modules(build("loss_qa_c")[0]) == full - decoders
+    assert _top_modules(build("loss_qa_c_a")[0]) == full - {"visual_decoder"}
+    assert _top_modules(build("loss_qa_c_v")[0]) == full - {"audio_decoder"}
+    assert _top_modules(build("loss_qa_a_v")[0]) == full
+    only_c = LossConfig(qa=0.0, audio=1.0, visual=0.0)  # F_fu still trained through L_c
+    model = AVMaster(SMALL, DIMS, C, loss_cfg=only_c)
+    assert _top_modules(model) == full - {"decoder", "visual_decoder"}
+    with pytest.raises(ValueError, match="no answer decoder"):
+        AVMaster(SMALL, DIMS, C, loss_cfg=LossConfig(qa=0.0, audio=0.0, visual=0.0))
+    # w/o TDPP and w/o APE: the audio features are not read at all
+    model = AVMaster(dataclasses.replace(SMALL, use_tdpp=False, use_focus=False,
+                                         audio_preference=False), DIMS, C)
+    assert "proj_audio" not in _top_modules(model)
+
+
+def test_weight_sharing_changes_the_parameter_count() -> None:
+    def n(share: str) -> int:
+        return sum(p.numel() for p in build(share=share)[0].focus.parameters())
+
+    assert n("none") > n("bias") > n("attention") > n("both")
+    step = sum(p.numel() for p in build(share="both")[0].focus.steps[0].parameters())
+    bias = SMALL.template_len * SMALL.dim
+    assert n("none") - n("attention") == step
+    assert n("attention") - n("both") == bias
+
+
+def test_multiple_choice_head() -> None:
+    model, _ = build(multiple_choice=True)
+    assert "proj_option" in _top_modules(model)
+    out = model(make_batch(options=True))
+    for logits in out.path_logits:
+        assert logits.shape == (B, K)
+    assert out.pred().shape == (B,) and int(out.pred().max()) < K
+    with pytest.raises(ValueError, match="options"):
+        model(make_batch())
+    qo = AVMaster(dataclasses.replace(SMALL, question_only=True), DIMS, 0, multiple_choice=True)
+    assert qo(make_batch(options=True)).logits.shape == (B, K)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError):
+        ModelConfig(share="everything")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ModelConfig(dim=30, heads=4)
+    with pytest.raises(ValueError):
+        ModelConfig(use_tdpp=False, audio_preference=False, visual_preference=False)
+    with pytest.raises(ValueError):
+        AVMaster({"dim": 32, "heads": 4, "unknown_key": 1}, DIMS, C)
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), {"dim": 64, "share": "none"})
+    model = AVMaster(cfg, {"visual": 12, "audio": 10, "question": 16}, C)
+    assert model.cfg.share == "none" and model.dims == DIMS
+
+
+# -- Lightning ----------------------------------------------------------------------------------
+
+
+class ListData(L.LightningDataModule):
+    """In-memory batches with a ``make_metric`` like the project's datamodule."""
+
+    def __init__(self, batches: list[dict[str, torch.Tensor]]):
+        super().__init__()
+        self.batches = batches
+        self.stages: list[str] = []
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(self.batches, batch_size=None)
+
+    train_dataloader = val_dataloader = test_dataloader = predict_dataloader = _loader
+
+    def make_metric(self, stage: str) -> AnswerAccuracy:
+        self.stages.append(stage)
+        return AnswerAccuracy()
+
+
+def module(**kwargs) -> AVMasterModule:
+    torch.manual_seed(0)
+    return AVMasterModule(model_cfg=SMALL, dims=dataclasses.asdict(DIMS), **kwargs)
+
+
+def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    return L.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, **kwargs)
+
+
+def test_lightning_fit_test_predict_and_checkpoint_round_trip(tmp_path: Path) -> None:
+    answers = [f"a{i}" for i in range(C)]
+    pl_module = module(answers=answers)
+    data = ListData([make_batch(seed=s) for s in range(2)])
+    fit = trainer(tmp_path, max_steps=2, num_sanity_val_steps=0)
+    fit.fit(pl_module, datamodule=data)
+    assert {"train/loss", "train/loss_qa", "train/loss_contrastive", "val/acc"} <= set(
+        fit.callback_metrics
+    )
+    assert "val" in data.stages
+    results = trainer(tmp_path).test(pl_module, datamodule=data, verbose=False)
+    assert "test/acc" in results[0] and "test" in data.stages
+    preds = trainer(tmp_path).predict(pl_module, datamodule=data)
+    assert preds[0]["pred"].shape == (B,) and preds[0]["top5"].shape == (B, 5)
+    assert torch.equal(preds[0]["index"], torch.arange(B))
+    assert torch.equal(preds[0]["top5"][:, 0], preds[0]["pred"])
+
+    path = tmp_path / "model.ckpt"
+    fit.save_checkpoint(path)
+    loaded = AVMasterModule.load_from_checkpoint(path, map_location="cpu")
+    assert loaded.answers == answers and loaded.hparams.num_answers == C
+    assert loaded.model.cfg == pl_module.model.cfg
+    pl_module.eval(), loaded.eval()
+    batch = make_batch(seed=5)
+    with torch.no_grad():
+        assert torch.equal(pl_module(batch).probs(), loaded(batch).probs())
+
+
+def test_lightning_optimizer_schedule() -> None:
+    pl_module = AVMasterModule(SMALL, None, {"lr": 1e-3, "lr_step_size": 2, "lr_gamma": 0.5},
+                               DIMS, num_answers=C)
+    conf = pl_module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 1e-3
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
+def test_out_of_vocabulary_labels_never_crash(tmp_path: Path) -> None:
+    batch = make_batch()
+    batch["label"] = torch.full((B,), -1)
+    pl_module = module(num_answers=C)
+    data = ListData([batch])
+    trainer(tmp_path, max_steps=1, num_sanity_val_steps=0).fit(pl_module, datamodule=data)
+    results = trainer(tmp_path).validate(pl_module, datamodule=data, verbose=False)
+    assert results[0]["val/acc"] == 0.0
+
+
+DDP_SCRIPT = """
+import dataclasses, sys, torch, lightning as L
+from torch.utils.data import DataLoader
+sys.path.insert(0, {tests!r})
+from test_model import ListData, make_batch, SMALL, DIMS, C
+from avmaster.lightning_module import AVMasterModule
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    model = AVMasterModule(dataclasses.replace(SMALL, dim=16, heads=2), None, None,
+                           dataclasses.asdict(DIMS), num_answers=C)
+    data = ListData([make_batch(seed=s) for s in range(4)])
+    trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir={root!r})
+    trainer.fit(model, datamodule=data)
+    acc = trainer.callback_metrics["val/acc"]
+    print(f"RANK{{trainer.global_rank}} WORLD{{trainer.world_size}} ACC{{float(acc):.3f}}")
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_process_cpu_smoke(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_smoke.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(tests=str(REPO / "tests"),
+                                                        root=str(tmp_path))))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("MASTER_PORT", None)
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [x for x in run.stdout.splitlines() if x.startswith("RANK")]
+    assert sorted(x.split()[0] for x in lines) == ["RANK0", "RANK1"]
+    assert all("WORLD2" in x for x in lines)
+    assert len({x.split()[2] for x in lines}) == 1  # both ranks log the same synced accuracy

@@ -1,0 +1,138 @@
+"""Training-step throughput of AV-Master on random inputs (forward + backward + Adam step).
+
+The model, loss and optimiser are the training run's (``AVMasterLoss``, ``build_optimizer``).
+
+Prints one line: seconds per step (median and best of ``--steps``), samples/s (from the median)
+and peak memory (CUDA: allocator peak; CPU: peak resident set size of the process). Example::
+
+    python tools/bench_train.py --batch 8 --seconds 60 --device cpu --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+from avmaster.lightning_module import build_optimizer
+from avmaster.losses import AVMasterLoss
+from avmaster.models import AVMaster, FeatureDims, ModelConfig, OptimConfig, count_parameters
+
+COMPILE_WARMUP = 3  # compiled forward, backward and recompiles settle within a few steps
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = FeatureDims()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seconds", type=int, default=60, help="T, segments per video")
+    p.add_argument("--words", type=int, default=16, help="question tokens L")
+    p.add_argument("--dim", type=int, default=ModelConfig.dim)
+    p.add_argument("--visual-dim", type=int, default=d.visual)
+    p.add_argument("--audio-dim", type=int, default=d.audio)
+    p.add_argument("--text-dim", type=int, default=d.text)
+    p.add_argument("--answers", type=int, default=42)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
+    p.add_argument("--compile", nargs="?", const="blocks", default="none",
+                   choices=("none", "blocks", "full"),
+                   help="torch.compile each block (default when given) or the whole model")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="ModelConfig overrides, e.g. --set ff_mult=4 share=none")
+    return p.parse_args(argv)
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig(dim=args.dim)),
+                          OmegaConf.from_dotlist(args.set))
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def random_batch(args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
+    b, t, n = args.batch, args.seconds, args.words
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[b // 2 :, n // 2 :] = False  # half the batch has shorter questions
+    batch = {
+        "visual": torch.randn(b, t, args.visual_dim),
+        "audio": torch.randn(b, t, args.audio_dim),
+        "question_tokens": torch.randn(b, n, args.text_dim),
+        "question_mask": mask,
+        "question": torch.randn(b, args.text_dim),
+        "label": torch.randint(0, args.answers, (b,)),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    dims = FeatureDims(args.visual_dim, args.audio_dim, args.text_dim)
+    model = AVMaster(model_config(args), dims, args.answers).to(device).train()
+    n_params = count_parameters(model)
+    criterion = AVMasterLoss()
+    opt, _ = build_optimizer(model.parameters(), OptimConfig())
+    forward = torch.compile(model) if args.compile == "full" else model
+    if args.compile == "blocks":
+        model.compile_blocks()
+    batch = random_batch(args, device)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if args.precision == "bf16-mixed"
+        else contextlib.nullcontext()
+    )
+
+    def step() -> None:
+        with autocast:
+            loss = criterion(forward(batch), batch["label"])["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    warmup = args.warmup if args.compile == "none" else max(args.warmup, COMPILE_WARMUP)
+    for _ in range(warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    dt, best = statistics.median(times), min(times)
+    print(
+        f"device={device.type} threads={torch.get_num_threads()} batch={args.batch} "
+        f"T={args.seconds} L={args.words} dim={args.dim} precision={args.precision} "
+        f"compile={args.compile} params={n_params / 1e6:.2f}M step_s={dt:.3f} best_s={best:.3f} "
+        f"samples_per_s={args.batch / dt:.2f} peak_mem_mb={peak_memory_mb(device):.0f}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
