@@ -155,9 +155,11 @@ class AVMasterModule(L.LightningModule):
         values = metric.compute()  # torchmetrics syncs the states across processes
         metric.reset()
         prefix = f"{stage}/"
+        # the values are already global and equal on every rank: sync_dist only averages equal
+        # numbers (and keeps Lightning from warning about unsynced epoch-level logs)
         self.log_dict(
             {(k if k.startswith(prefix) else prefix + k): float(v) for k, v in values.items()},
-            sync_dist=False,
+            sync_dist=True,
         )
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:

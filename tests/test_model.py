@@ -483,8 +483,11 @@ if __name__ == "__main__":
                         enable_model_summary=False, num_sanity_val_steps=0,
                         default_root_dir={root!r})
     trainer.fit(model, datamodule=data)
-    acc = trainer.callback_metrics["val/acc"]
-    print(f"RANK{{trainer.global_rank}} WORLD{{trainer.world_size}} ACC{{float(acc):.3f}}")
+    acc = float(trainer.callback_metrics["val/acc"])
+    rank = trainer.global_rank
+    with open(f"{root}/rank{{rank}}.txt", "w") as f:
+        f.write(f"RANK{{rank}} WORLD{{trainer.world_size}} ACC{{acc:.3f}}")
+    trainer.strategy.barrier()  # both ranks have written before either exits
 """
 
 
@@ -498,7 +501,7 @@ def test_ddp_two_process_cpu_smoke(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
-    lines = [x for x in run.stdout.splitlines() if x.startswith("RANK")]
+    lines = [p.read_text() for p in sorted(tmp_path.glob("rank*.txt"))]
     assert sorted(x.split()[0] for x in lines) == ["RANK0", "RANK1"]
     assert all("WORLD2" in x for x in lines)
     assert len({x.split()[2] for x in lines}) == 1  # both ranks log the same synced accuracy
