@@ -53,7 +53,7 @@ def build_module(cfg: Config, dm: AVQADataModule) -> AVMasterModule:
         dims=dm.dims, answers=answers, multiple_choice=multiple_choice,
     )
     if cfg.compile:
-        module.model.compile()  # in place: checkpoints keep the plain parameter names
+        module.model.compile_blocks()  # each block once; parameter names stay as they are
     return module
 
 
