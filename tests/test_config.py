@@ -38,7 +38,7 @@ def test_overrides_presets_and_order():
 
 
 def test_unknown_keys_are_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown config key 'model.dimm'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.dimm'"):
         load_config(overrides=["model.dimm=3"])
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(overrides=["nonsense=1"])
@@ -50,7 +50,7 @@ def test_unknown_keys_are_errors(tmp_path):
         load_config(overrides=["data=nope"])
     with pytest.raises(ConfigError, match="not of the form key=value"):
         load_config(overrides=["model.dim"])
-    with pytest.raises(ConfigError, match="bad value for 'model.dim'"):
+    with pytest.raises(ConfigError, match=r"bad value for 'model\.dim'"):
         load_config(overrides=["model.dim=abc"])
 
 

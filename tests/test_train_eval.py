@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
+from conftest import make_features
 
 from avmaster.cli import main
 from avmaster.config import load_config
 from avmaster.data.annotations import load_annotations
-from conftest import make_features
 
 TINY = ["model.dim=32", "model.heads=2", "model.template_len=2", "model.decoder_depth=1",
         "data.batch_size=16", "data.eval_batch_size=32", "data.num_workers=0",
