@@ -1,0 +1,73 @@
+"""`avmaster predict` and `avmaster explain` on a raw video, with a checkpoint trained on
+features the real extraction tool wrote (random-init tiny encoders: no download here)."""
+
+import json
+import re
+
+import pytest
+
+from avmaster.cli import main
+from avmaster.extract.synth_media import ClipSpec, synthetic_clip
+
+SECONDS = 4
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    videos = root / "videos"
+    ids = [f"{i:08d}" for i in range(4)]
+    for i, vid in enumerate(ids):
+        synthetic_clip(videos / f"{vid}.mp4", ClipSpec(seconds=SECONDS, base_tone_hz=200 + 80 * i))
+    entries = [{"video_id": vid, "question_id": n, "type": '["Audio", "Counting"]',
+                "question_content": q, "templ_values": "[]", "question_deleted": 0,
+                "anser": a}
+               for n, (vid, (q, a)) in enumerate(
+                   (v, qa) for v in ids for qa in (
+                       ("How many instruments are sounding in the video?", "one"),
+                       ("Is there a voiceover?", "no")))]
+    ann = root / "avqa.json"
+    ann.write_text(json.dumps(entries))
+    feats = root / "features"
+    assert main(["extract", "--videos", str(videos), "--annotations", str(ann), "--out",
+                 str(feats), "--model", "avmaster-tiny", "--random-init", "--seconds",
+                 str(SECONDS), "--workers", "1", "--device", "cpu", "--no-progress"]) == 0
+    from avmaster.extract import feature_paths
+
+    paths = feature_paths(out=feats, model="avmaster-tiny", random_init=True)
+    overrides = ["data=music_avqa", f"data.annotations_dir={root}", "data.train=[avqa.json]",
+                 "data.val=[avqa.json]", "data.test=[]", f"data.features_dir={feats}",
+                 f"data.visual_features={paths.visual.name}",
+                 f"data.audio_features={paths.audio.name}",
+                 f"data.text_features={paths.text.name}", f"data.seconds={SECONDS}",
+                 "data.num_workers=0", "data.pin_memory=false", "data.batch_size=4",
+                 "model.dim=32", "model.heads=2", "model.template_len=2",
+                 "model.decoder_depth=1", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+                 "trainer.devices=1", "trainer.enable_progress_bar=false",
+                 f"output_dir={root / 'runs'}", "name=tiny"]
+    assert main(["train", *overrides]) == 0
+    return videos / f"{ids[0]}.mp4", root / "runs" / "tiny" / "checkpoints" / "last.ckpt"
+
+
+def test_predict_prints_answer_top5_and_timing(trained, capsys):
+    video, ckpt = trained
+    capsys.readouterr()
+    assert main(["predict", str(video), "How many instruments are sounding in the video?",
+                 "--ckpt", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("answer: ") and "top-5:" in out and "timing: " in out
+    assert len(re.findall(r"^\s+\d+\.\d%\s+\S+$", out, re.MULTILINE)) == 5
+
+
+def test_explain_writes_a_picture(trained, tmp_path):
+    video, ckpt = trained
+    out = tmp_path / "why.png"
+    assert main(["explain", str(video), "Is there a voiceover?", "--ckpt", str(ckpt),
+                 "--out", str(out)]) == 0
+    assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_missing_checkpoint(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "v.mp4"), "q", "--ckpt",
+                 str(tmp_path / "none.ckpt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
