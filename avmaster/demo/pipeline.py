@@ -43,10 +43,10 @@ class DemoSettings:
     out: str = "outputs/demo"
     seed: int = 0
     # synthetic data
-    videos: int = 240
+    videos: int = 300
     seconds: int = 10
     fps: int = 4
-    questions_per_video: float = 0.6  # per template
+    questions_per_video: float = 1.0  # per template
     # encoders: random initialisation unless both weight files are given (or in the env vars)
     clip_weights: str | None = None
     vggish_weights: str | None = None
@@ -54,12 +54,12 @@ class DemoSettings:
     clip_pretrained: str = "openai"  # whose preprocessing settings apply to it
     random_clip_model: str = "avmaster-tiny"
     # training (sized for a 2-core CPU)
-    epochs: int = 12
-    dim: int = 128
+    epochs: int = 20
+    dim: int = 64
     heads: int = 4
     template_len: int = 8
     lr: float = 1e-3
-    lr_step_size: int = 8
+    lr_step_size: int = 15
     lr_gamma: float = 0.1
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda

@@ -3,9 +3,9 @@
 Each video shows one to three instruments side by side (left / middle / right), every class
 drawn as its own coloured shape on a grey stage, and plays their sounds: every class has its own
 timbre (pitch, harmonics, rhythm), every instrument its own loudness and sounding interval (whole
-seconds). A shape is drawn bright while its instrument sounds and dimmed while it is silent, and
-the louder an instrument plays the larger it is drawn; an instrument may stay silent throughout,
-and an *off-screen* instrument may be heard that is never seen.
+seconds). A shape is drawn bright while its instrument sounds and dimmed while it is silent; an
+instrument may stay silent throughout, and an *off-screen* instrument may be heard that is never
+seen.
 
 Questions use MUSIC-AVQA's own templates (all nine question types); their answers are computed
 from the scene (:class:`Scene`). Per template and split the chosen questions have balanced
@@ -79,18 +79,21 @@ INSTRUMENTS: dict[str, tuple[Look, Timbre]] = {
 }
 
 
+# Six classes by default: every class then appears in more videos, which a small demo needs.
+DEFAULT_INSTRUMENTS = ("piano", "violin", "cello", "flute", "trumpet", "drum")
+
+
 @dataclass(frozen=True)
 class Instrument:
     """One instrument in a scene: class, place (``None`` = off-screen: heard, never seen),
-    sounding interval ``[start, end)`` in whole seconds (``start == end``: silent throughout),
-    loudness (amplitude) and drawn size."""
+    sounding interval ``[start, end)`` in whole seconds (``start == end``: silent throughout)
+    and loudness (amplitude)."""
 
     name: str
     position: str | None
     start: int = 0
     end: int = 0
     level: float = 0.0
-    size: float = 1.0  # share of its slot the shape fills (louder: larger, see SynthConfig)
 
     @property
     def sounding(self) -> bool:
@@ -154,7 +157,7 @@ class Scene:
 class SynthConfig:
     """Settings of a synthetic dataset (the defaults make the demo's dataset)."""
 
-    videos: int = 240
+    videos: int = 300
     seconds: int = 10
     fps: int = 4
     size: int = 64  # square frames, pixels
@@ -168,30 +171,26 @@ class SynthConfig:
     p_same_onset: float = 0.3  # two instruments of one class come in together
     min_duration: int = 2  # seconds a sounding instrument lasts at least
     levels: tuple[float, ...] = (0.08, 0.25, 0.7)  # loudness steps (amplitudes)
-    sizes: tuple[float, ...] = (0.6, 0.8, 1.0)  # shape size per loudness step (louder: larger)
     dim: float = 0.3  # brightness of a silent instrument's shape
     background: tuple[int, int, int] = (128, 128, 128)  # mid grey: random encoders vary most
     shape_margin: int = 2  # pixels between a slot's edge and its shape
     peak: float = 0.9  # mixtures louder than this are scaled down to it
-    questions_per_video: float = 0.6  # per template: at most this many questions per video
+    questions_per_video: float = 1.0  # per template: at most this many questions per video
     min_answer_count: int = 2  # answers rarer than this in a split are left out (balance)
     first_video_id: int = 1
     seed: int = 0
-    instruments: tuple[str, ...] = tuple(INSTRUMENTS)
+    instruments: tuple[str, ...] = DEFAULT_INSTRUMENTS
     workers: int = 1  # processes writing videos
 
     def __post_init__(self) -> None:
         self.split = tuple(self.split)  # type: ignore[assignment]
         self.visible_weights = tuple(self.visible_weights)  # type: ignore[assignment]
         self.levels = tuple(self.levels)
-        self.sizes = tuple(self.sizes)
         self.background = tuple(self.background)  # type: ignore[assignment]
         self.instruments = tuple(self.instruments)
         unknown = [n for n in self.instruments if n not in INSTRUMENTS]
         if unknown:
             raise ValueError(f"unknown instruments {unknown}; known: {list(INSTRUMENTS)}")
-        if len(self.sizes) != len(self.levels):
-            raise ValueError("sizes: one per loudness step (levels)")
         if len(self.instruments) < len(POSITIONS) + 1:
             raise ValueError(f"need at least {len(POSITIONS) + 1} instrument classes")
         if self.seconds < 2 * self.min_duration:
@@ -235,9 +234,8 @@ def sample_scene(video_id: str, cfg: SynthConfig, rng: np.random.Generator) -> S
         onsets[dup[1]] = onsets[dup[0]]
     instruments = []
     for k, name in enumerate(names):
-        if not heard[k]:  # a silent instrument has no loudness; any size
-            size = float(cfg.sizes[int(rng.integers(len(cfg.sizes)))])
-            instruments.append(Instrument(name, positions[k], size=size))
+        if not heard[k]:
+            instruments.append(Instrument(name, positions[k]))
             continue
         start = int(onsets[k])
         if rng.random() < cfg.p_always:
@@ -246,7 +244,7 @@ def sample_scene(video_id: str, cfg: SynthConfig, rng: np.random.Generator) -> S
         if start == 0 and rng.random() < cfg.p_always:
             end = cfg.seconds
         instruments.append(Instrument(name, positions[k], start, max(end, start + 1),
-                                      float(cfg.levels[steps[k]]), float(cfg.sizes[steps[k]])))
+                                      float(cfg.levels[steps[k]])))
     return Scene(video_id, cfg.seconds, tuple(instruments))
 
 
@@ -639,12 +637,10 @@ SHAPES: dict[str, Mask] = {  # u, v in [-1, 1] across the shape's box
 
 
 @lru_cache(maxsize=256)
-def shape_mask(size: int, margin: int, position: str, shape: str, scale: float) -> np.ndarray:
-    """Boolean [size, size] mask of ``shape`` in ``position``'s third of the frame, its box
-    ``scale`` times the slot (centred)."""
+def shape_mask(size: int, margin: int, position: str, shape: str) -> np.ndarray:
+    """Boolean [size, size] mask of ``shape`` in ``position``'s third of the frame."""
     slot = size // len(POSITIONS)
-    box_w = max(2, round((slot - 2 * margin) * scale))
-    box_h = max(2, round((size - 2 * margin) * scale))
+    box_w, box_h = slot - 2 * margin, size - 2 * margin
     v, u = np.meshgrid(np.linspace(-1, 1, box_h), np.linspace(-1, 1, box_w), indexing="ij")
     left = POSITIONS.index(position) * slot + (size - slot * len(POSITIONS)) // 2
     left += (slot - box_w) // 2
@@ -658,8 +654,8 @@ def shape_mask(size: int, margin: int, position: str, shape: str, scale: float) 
 def render_frames(scene: Scene, cfg: SynthConfig) -> np.ndarray:
     """uint8 [seconds * fps, size, size, 3]: every second's picture, repeated ``fps`` times.
 
-    Each on-screen instrument is its class's shape and colour, as large as its ``size``, bright
-    while it sounds and dimmed (``cfg.dim``) while it is silent."""
+    Each on-screen instrument is its class's shape and colour, bright while it sounds and
+    dimmed (``cfg.dim``) while it is silent."""
     seconds = np.empty((scene.seconds, cfg.size, cfg.size, 3), np.uint8)
     for s in range(scene.seconds):
         img = np.empty((cfg.size, cfg.size, 3), np.uint8)
@@ -667,7 +663,7 @@ def render_frames(scene: Scene, cfg: SynthConfig) -> np.ndarray:
         for inst in scene.visible:
             look = INSTRUMENTS[inst.name][0]
             gain = 1.0 if inst.sounds_at(s) else cfg.dim
-            mask = shape_mask(cfg.size, cfg.shape_margin, inst.position, look.shape, inst.size)
+            mask = shape_mask(cfg.size, cfg.shape_margin, inst.position, look.shape)
             img[mask] = (np.array(look.colour) * gain).astype(np.uint8)
         seconds[s] = img
     return np.repeat(seconds, cfg.fps, axis=0)
