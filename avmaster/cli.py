@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[command](rest)
     except (ConfigError, AnnotationError, FeatureStoreError, PredictionError,
-            FileNotFoundError) as e:
+            FileNotFoundError, FileExistsError) as e:
         print(f"avmaster {command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from avmaster.config import Config, to_dict
@@ -22,6 +26,12 @@ from avmaster.lightning_module import AVMasterModule
 from avmaster.metrics import write_results
 
 log = logging.getLogger(__name__)
+
+# Two warnings every run would print that say nothing about the user's setup: AVMasterModule's
+# float16 -> float32 cast hook, and a torch deprecation inside Lightning's own code.
+for _message in (r"You have overridden `on_after_batch_transfer`",
+                 r"`isinstance\(treespec, LeafSpec\)` is deprecated"):
+    warnings.filterwarnings("ignore", message=_message)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -38,6 +48,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Keeps an existing ``metrics.csv`` and continues its columns (Lightning's writer deletes
+    it whenever the folder is reused: on resume and on every ``avmaster eval``)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+
+class AppendingCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` holds every epoch of a resumed run and the test
+    rows of later evaluations, instead of only the last session's."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def build_datamodule(cfg: Config, answers: list[str] | None = None) -> AVQADataModule:
@@ -60,7 +93,7 @@ def build_module(cfg: Config, dm: AVQADataModule) -> AVMasterModule:
 def build_trainer(cfg: Config, *, logs: bool = True, callbacks: list | None = None) -> L.Trainer:
     t = cfg.trainer
     run_dir = cfg.run_dir
-    loggers = [CSVLogger(run_dir, name="logs", version=""),
+    loggers = [AppendingCSVLogger(run_dir, name="logs", version=""),
                TensorBoardLogger(run_dir, name="tb", version="")] if logs else False
     return L.Trainer(
         default_root_dir=run_dir,
@@ -111,9 +144,15 @@ def train(cfg: Config) -> TrainResult:
     })
     trainer = build_trainer(cfg, callbacks=[checkpoint, LearningRateMonitor("epoch"), features])
     resume = cfg.ckpt
+    earlier = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
     if resume is None and cfg.resume and (ckpt_dir / "last.ckpt").exists():
         resume = str(ckpt_dir / "last.ckpt")
         log.info("resuming from %s", resume)
+    elif resume is None and earlier:
+        raise FileExistsError(
+            f"{cfg.run_dir}: this run folder already holds checkpoints of an earlier run "
+            f"({', '.join(p.name for p in earlier)}); starting over would overwrite them. "
+            "Choose another name=..., continue it with resume=true, or delete the folder.")
     (cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     trainer.fit(module, datamodule=dm, ckpt_path=resume)

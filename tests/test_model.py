@@ -444,6 +444,39 @@ def test_lightning_fit_test_predict_and_checkpoint_round_trip(tmp_path: Path) ->
         assert torch.equal(pl_module(batch).probs(), loaded(batch).probs())
 
 
+def test_compiled_blocks_match_eager_and_keep_parameter_names() -> None:
+    """``compile=true`` (regional ``torch.compile``) changes neither the math nor the state dict
+    keys, so checkpoints move between compiled and eager models. ``aot_eager`` traces forward
+    and backward like inductor does without needing a C++ toolchain in the tests."""
+    eager, _ = build()
+    compiled, _ = build()
+    compiled.compile_blocks(backend="aot_eager")
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    batch = make_batch()
+    for m in (eager, compiled):
+        m.train(False)
+    a, b = eager(batch), compiled(batch)
+    torch.testing.assert_close(b.probs(), a.probs(), rtol=1e-5, atol=1e-6)
+    for m in (eager, compiled):
+        m(batch).logits.sum().backward()
+    for (name, p), (_, q) in zip(eager.named_parameters(), compiled.named_parameters(),
+                                 strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bf16_mixed_precision_trains(tmp_path: Path) -> None:
+    """``trainer.precision=bf16-mixed`` (the GPU setting) runs the whole step under autocast."""
+    pl_module = module(answers=[f"a{i}" for i in range(C)])
+    before = [p.detach().clone() for p in pl_module.parameters()]
+    data = ListData([make_batch(seed=s) for s in range(2)])
+    fit = trainer(tmp_path, max_steps=2, num_sanity_val_steps=0, precision="bf16-mixed")
+    fit.fit(pl_module, datamodule=data)
+    assert torch.isfinite(fit.callback_metrics["train/loss"])
+    assert all(p.dtype == torch.float32 for p in pl_module.parameters())  # fp32 master weights
+    assert all(not torch.equal(a, p) for a, p in zip(before, pl_module.parameters(),
+                                                     strict=True))
+
+
 def test_lightning_optimizer_schedule() -> None:
     pl_module = AVMasterModule(SMALL, None, {"lr": 1e-3, "lr_step_size": 2, "lr_gamma": 0.5},
                                DIMS, num_answers=C)

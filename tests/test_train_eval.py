@@ -1,7 +1,9 @@
 """End to end through the CLI: train a tiny model on the real annotation samples, resume,
 evaluate, and check that scoring the written predictions reproduces the evaluation table."""
 
+import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +34,11 @@ def overrides(tmp_path, fixtures):
             "name=tiny"]
 
 
+def _logged_epochs(metrics: Path, column: str) -> set[str]:
+    with open(metrics, newline="") as f:
+        return {row["epoch"] for row in csv.DictReader(f) if row.get(column)}
+
+
 def test_train_resume_eval_score(tmp_path, fixtures, overrides, capsys, caplog):
     assert main(["train", *overrides, "trainer.max_epochs=1"]) == 0
     run = tmp_path / "runs" / "tiny"
@@ -45,13 +52,18 @@ def test_train_resume_eval_score(tmp_path, fixtures, overrides, capsys, caplog):
     assert main(["train", *overrides, "trainer.max_epochs=2"]) == 0
     assert f"resuming from {last}" in caplog.text
     assert torch.load(last, weights_only=False)["global_step"] == 2 * steps
-    metrics = (run / "logs" / "metrics.csv").read_text()
-    assert "val/avg" in metrics and "train/loss" in metrics
-    capsys.readouterr()
+    metrics = run / "logs" / "metrics.csv"
+    assert {"0", "1"} <= _logged_epochs(metrics, "val/avg")  # the resumed log keeps epoch 0
+    assert "train/loss" in metrics.read_text()
+    # starting over in a folder that holds a run is refused instead of overwriting it
+    assert main(["train", *overrides, "trainer.max_epochs=1", "resume=false"]) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert torch.load(last, weights_only=False)["global_step"] == 2 * steps
 
     assert main(["eval", *overrides, f"ckpt={last}"]) == 0
     out = capsys.readouterr().out
     assert "| method | a_count | a_comp | a_avg |" in out
+    assert {"0", "1"} <= _logged_epochs(metrics, "val/avg")  # evaluation keeps the training log
     result = json.loads((run / "results_music_avqa.json").read_text())
     assert result["counts"]["avg"] == 108 and result["counts"]["a_count"] == 12
     preds = run / "predictions_music_avqa.jsonl"
