@@ -17,6 +17,7 @@ import torch
 from torchmetrics import Metric
 
 from avmaster.data.records import AVQA_TYPES, MODALITY_PREFIX, MUSIC_AVQA_TYPES, QARecord
+from avmaster.io import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,6 @@ def write_results(path: Path | str, spec: TableSpec, accuracy: Mapping[str, floa
     js, md = path.with_suffix(".json"), path.with_suffix(".md")
     payload = {"table": spec.name, "method": method, "columns": [c for c, _ in spec.columns],
                "accuracy": dict(accuracy), "counts": dict(counts), "meta": dict(meta or {})}
-    js.write_text(json.dumps(payload, indent=2) + "\n")
-    md.write_text(spec.markdown({method: accuracy}) + "\n")
+    atomic_write_text(js, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(md, spec.markdown({method: accuracy}) + "\n")
     return js, md

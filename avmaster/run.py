@@ -22,6 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from avmaster.config import Config, to_dict
 from avmaster.data.datamodule import AVQADataModule
 from avmaster.inference import FeatureSettingsCallback, read_settings
+from avmaster.io import atomic_write_text
 from avmaster.lightning_module import AVMasterModule
 from avmaster.metrics import write_results
 
@@ -154,7 +155,7 @@ def train(cfg: Config) -> TrainResult:
             f"({', '.join(p.name for p in earlier)}); starting over would overwrite them. "
             "Choose another name=..., continue it with resume=true, or delete the folder.")
     (cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    atomic_write_text(cfg.run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     best = checkpoint.best_model_path or checkpoint.last_model_path
     results = None

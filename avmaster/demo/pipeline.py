@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from avmaster.demo.synth import SynthConfig, SynthDataset, write_dataset
+from avmaster.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +211,9 @@ def write_report(out: Path, settings: DemoSettings, accuracy: dict[str, dict[str
     js, md, png = (folder / f"{RESULTS_NAME}{s}" for s in (".json", ".md", ".png"))
     payload = {"table": spec.name, "columns": cols, "rows": accuracy, "counts": counts,
                "meta": {"data": DATA_PRESET, "margin": margin, **meta}}
-    js.write_text(json.dumps(payload, indent=2) + "\n")
-    md.write_text(f"# AV-Master demo (synthetic data)\n\n{spec.markdown(accuracy)}\n\n"
-                  f"Margin (avg): {margin:+.2f} points. {meta['encoders']}.\n")
+    atomic_write_text(js, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(md, f"# AV-Master demo (synthetic data)\n\n{spec.markdown(accuracy)}\n\n"
+                          f"Margin (avg): {margin:+.2f} points. {meta['encoders']}.\n")
     frame = pd.DataFrame({m: [acc.get(c, float("nan")) for c in cols]
                           for m, acc in accuracy.items()}, index=cols)
     fig = reports.plot(frame, f"Synthetic demo: AV-Master vs question only "

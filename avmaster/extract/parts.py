@@ -52,6 +52,7 @@ from avmaster.extract.decode import (
     SAMPLE_RATE,
     Problem,
 )
+from avmaster.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +69,6 @@ class SettingsConflictError(FeatureStoreError):
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def shard_name(shard: tuple[int, int]) -> str:

@@ -53,7 +53,6 @@ from avmaster.extract.parts import (
     MergeResult,
     VideoPartWriter,
     VideoResult,
-    atomic_write_text,
     clean_parts,
     count_by_kind,
     done_text_keys,
@@ -69,6 +68,7 @@ from avmaster.extract.parts import (
     write_text_part,
 )
 from avmaster.extract.text import collect_texts
+from avmaster.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
