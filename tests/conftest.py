@@ -7,12 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from avmaster.data.dataset import required_texts
 from avmaster.data.records import QARecord
 from avmaster.data.store import write_text_features, write_video_features
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -36,13 +36,7 @@ N_TRAIN, N_TEST = 2048, 512
 MIN_FULL_ACC, MIN_MARGIN = 0.75, 0.25  # chance is 0.5
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def event_times(qtype: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
