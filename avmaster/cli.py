@@ -128,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"avmaster: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Lightning prints through its own handler; propagating as well would print each line twice
+    logging.getLogger("lightning").propagate = False
     logging.getLogger("avmaster").setLevel(logging.INFO)
     from avmaster.config import ConfigError
     from avmaster.data.annotations import AnnotationError

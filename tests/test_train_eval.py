@@ -3,6 +3,8 @@ evaluate, and check that scoring the written predictions reproduces the evaluati
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,18 @@ def test_train_resume_eval_score(tmp_path, fixtures, overrides, capsys, caplog):
     rescored = json.loads(scored.with_suffix(".json").read_text())["accuracy"]
     for col, acc in result["accuracy"].items():
         assert rescored[col] == pytest.approx(acc, abs=1e-6), col
+
+
+def test_command_line_prints_each_log_line_once(overrides):
+    done = subprocess.run([sys.executable, "-m", "avmaster.cli", "train", *overrides,
+                           "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                           "trainer.limit_val_batches=1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    log = done.stdout + done.stderr
+    # Lightning's lines come once, from its own handler, not again through the root logger
+    assert "INFO: GPU available:" in log and "INFO lightning." not in log, log
+    assert "INFO avmaster.data.datamodule: train: 108 questions" in log  # ours, once each
 
 
 def test_eval_needs_a_checkpoint(overrides, capsys):
