@@ -11,9 +11,11 @@ from collections.abc import Callable, Sequence
 USAGE = """avmaster <command> [options]
 
 commands:
-  train    [--config FILE] [data=NAME] [ablation=NAME] [key=value ...]   train AV-Master
-  eval     ckpt=FILE [data=NAME] [key=value ...]                 per-type table of a checkpoint
+  train    [--config FILE] [--seeds N] [data=NAME] [ablation=NAME] [key=value ...]
+                                               train AV-Master (N seeds: one run each + mean)
+  eval     ckpt=FILE|RUN [data=NAME] [key=value ...]   per-type table of a checkpoint or run(s)
   score    --predictions FILE --annotations FILE [...]            score a predictions file
+  compare  A B [--annotations FILE ...]    paired comparison of two predictions files or runs
   extract  --videos DIR --annotations FILE ... --out DIR         features to HDF5 (see --help)
   demo     [--out DIR] [--quick]                    synthetic data -> extract -> train -> eval
   predict  VIDEO "question" --ckpt FILE                       answer a question about a video
@@ -22,13 +24,17 @@ commands:
 """
 
 
-def _config_args(argv: Sequence[str], prog: str) -> tuple[str | None, list[str]]:
+def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"avmaster {prog}",
                                 description="Overrides are key=value (data=NAME and "
                                             "ablation=NAME load presets from configs/).")
     p.add_argument("--config", default=None, help="YAML file (default configs/avmaster.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value")
-    a = p.parse_args(argv)
+    return p
+
+
+def _config_args(argv: Sequence[str], prog: str) -> tuple[str | None, list[str]]:
+    a = _parser(prog).parse_args(argv)
     return a.config, a.overrides
 
 
@@ -36,17 +42,34 @@ def cmd_train(argv: Sequence[str]) -> int:
     from avmaster.config import load_config
     from avmaster.run import train
 
-    cfg = load_config(*_config_args(argv, "train"))
+    p = _parser("train")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="train seeds 0..N-1 into <name>/seed<k> and write the aggregate "
+                        "(mean +- std over seeds, pooled interval) as <name>/results_<data>")
+    a = p.parse_args(argv)
+    cfg = load_config(a.config, a.overrides)
+    if a.seeds is not None:
+        from avmaster.seeds import train_seeds
+
+        print(f"aggregate: {train_seeds(cfg, a.seeds)}")
+        return 0
     result = train(cfg)
     print(f"best checkpoint: {result.best_ckpt}")
     return 0
 
 
 def cmd_eval(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
     from avmaster.config import load_config
     from avmaster.run import evaluate
 
     cfg = load_config(*_config_args(argv, "eval"))
+    if cfg.ckpt and Path(cfg.ckpt).is_dir():  # a run folder, or one of several seeds
+        from avmaster.seeds import evaluate_folder
+
+        evaluate_folder(cfg, Path(cfg.ckpt))
+        return 0
     evaluate(cfg)
     return 0
 
@@ -66,7 +89,7 @@ def cmd_score(argv: Sequence[str]) -> int:
 
     from avmaster.data.annotations import concat, load_annotations
     from avmaster.data.vocab import AnswerVocab
-    from avmaster.metrics import get_table
+    from avmaster.metrics import get_table, intervals_of
     from avmaster.paths import resolve
     from avmaster.scoring import read_predictions, score
 
@@ -92,7 +115,8 @@ def cmd_score(argv: Sequence[str]) -> int:
     spec = get_table(a.table)
     vocab = None if records[0].options else AnswerVocab.from_file(resolve(a.answers))
     report = score(read_predictions(a.predictions), records, spec, vocab)
-    print(spec.markdown({Path(a.predictions).stem: report.accuracy}))
+    rows = {Path(a.predictions).stem: report.accuracy}
+    print(spec.markdown(rows, intervals_of(rows, report.counts), report.counts))
     print(report.summary(), file=sys.stderr)
     if a.out:
         write_results(a.out, spec, report.accuracy, report.counts, Path(a.predictions).stem)
@@ -111,6 +135,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "score": cmd_score,
     "config": cmd_config,
+    "compare": _delegate("avmaster.compare"),
     "extract": _delegate("avmaster.extract.runner"),
     "demo": _delegate("avmaster.demo"),
     "predict": _delegate("avmaster.predict"),
@@ -131,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Lightning prints through its own handler; propagating as well would print each line twice
     logging.getLogger("lightning").propagate = False
     logging.getLogger("avmaster").setLevel(logging.INFO)
+    from avmaster.compare import CompareError
     from avmaster.config import ConfigError
     from avmaster.data.annotations import AnnotationError
     from avmaster.data.store import FeatureStoreError
@@ -138,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[command](rest)
-    except (ConfigError, AnnotationError, FeatureStoreError, PredictionError,
+    except (ConfigError, AnnotationError, FeatureStoreError, PredictionError, CompareError,
             FileNotFoundError, FileExistsError) as e:
         print(f"avmaster {command}: error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from torchmetrics import Metric
 
 from avmaster.data.records import AVQA_TYPES, MODALITY_PREFIX, MUSIC_AVQA_TYPES, QARecord
 from avmaster.io import atomic_write_text
+from avmaster.stats import INTERVAL_METHOD, LEVEL, accuracy_intervals, correct_counts
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,30 @@ class TableSpec:
     def counts(self, total: Sequence[float]) -> dict[str, int]:
         return {col: int(sum(total[g] for g in members)) for col, members in self.columns}
 
-    def markdown(self, rows: Mapping[str, Mapping[str, float]]) -> str:
-        """A Markdown table, one row per method, in this spec's column order."""
+    def markdown(self, rows: Mapping[str, Mapping[str, float]],
+                 intervals: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+                 counts: Mapping[str, int] | None = None,
+                 std: Mapping[str, Mapping[str, float]] | None = None) -> str:
+        """A Markdown table, one row per method, in this spec's column order. A method with
+        ``std`` (over seeds) shows ``mean ±std``; one with ``intervals`` gets a ``95 % CI`` row
+        under it; ``counts`` adds an ``n`` row (questions per column)."""
         cols = [c for c, _ in self.columns]
         lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for method, vals in rows.items():
-            cells = [_fmt(vals.get(c)) for c in cols]
+            spread = (std or {}).get(method, {})
+            cells = [_fmt(vals.get(c)) + (f" ±{spread[c]:.2f}" if c in spread else "")
+                     for c in cols]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            ci = (intervals or {}).get(method)
+            if ci:
+                cells = [f"{_fmt(ci[c][0])}-{_fmt(ci[c][1])}" if c in ci else "-" for c in cols]
+                lines.append(f"| {CI_LABEL} | " + " | ".join(cells) + " |")
+        if counts:
+            lines.append("| n | " + " | ".join(str(counts.get(c, "-")) for c in cols) + " |")
         return "\n".join(lines)
+
+
+CI_LABEL = f"{LEVEL:.0%} CI"  # Markdown row label of the intervals
 
 
 def _fmt(v: float | None) -> str:
@@ -129,15 +146,34 @@ class GroupedAccuracy(Metric):
         return self.spec.counts(self.total.tolist())
 
 
+def intervals_of(rows: Mapping[str, Mapping[str, float]], counts: Mapping[str, int]
+                 ) -> dict[str, dict[str, list[float]]]:
+    """Per method and column the 95 % exact binomial interval (%) of its accuracy."""
+    return {m: accuracy_intervals(correct_counts(dict(acc), dict(counts)), dict(counts))
+            for m, acc in rows.items()}
+
+
 def write_results(path: Path | str, spec: TableSpec, accuracy: Mapping[str, float],
                   counts: Mapping[str, int], method: str = "AV-Master (ours)",
-                  meta: Mapping[str, object] | None = None) -> tuple[Path, Path]:
-    """Write ``<path>.json`` (accuracy, counts, table, meta) and ``<path>.md``; return both."""
+                  meta: Mapping[str, object] | None = None,
+                  extra: Mapping[str, object] | None = None) -> tuple[Path, Path]:
+    """Write ``<path>.json`` and ``<path>.md``; return both. The JSON holds per column the
+    accuracy (%), ``counts`` (questions), ``correct`` and ``interval`` (95 % exact binomial,
+    ``[low, high]`` in %, see :mod:`avmaster.stats`), plus ``extra`` keys (``std`` and
+    ``seeds`` of an aggregate over seeds: its ``accuracy`` is the mean, ``correct`` the mean
+    count) and ``meta``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     js, md = path.with_suffix(".json"), path.with_suffix(".md")
+    extra = dict(extra or {})
+    correct = extra.pop("correct", None) or correct_counts(dict(accuracy), dict(counts))
+    interval = accuracy_intervals(dict(correct), dict(counts))  # type: ignore[arg-type]
     payload = {"table": spec.name, "method": method, "columns": [c for c, _ in spec.columns],
-               "accuracy": dict(accuracy), "counts": dict(counts), "meta": dict(meta or {})}
+               "accuracy": dict(accuracy), "counts": dict(counts), "correct": correct,
+               "interval": interval, "interval_method": f"{INTERVAL_METHOD}, {LEVEL:.0%}",
+               **extra, "meta": dict(meta or {})}
     atomic_write_text(js, json.dumps(payload, indent=2) + "\n")
-    atomic_write_text(md, spec.markdown({method: accuracy}) + "\n")
+    std = {method: extra["std"]} if "std" in extra else None
+    atomic_write_text(md, spec.markdown({method: accuracy}, {method: interval}, counts, std)
+                      + "\n")
     return js, md

@@ -186,12 +186,22 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
     if trainer.is_global_zero:
         js, md = write_results(out, dm.spec, accuracy, counts,
                                meta={"checkpoint": str(ckpt), "data": cfg.data.name,
-                                     "test": list(cfg.data.test)})
+                                     "test": list(cfg.data.test),
+                                     "data_config": data_config(cfg)})
         print(md.read_text())
         log.info("results written to %s and %s", js, md)
     if cfg.save_predictions:
         write_predictions(trainer, module, dm, cfg.run_dir / f"predictions_{cfg.data.name}.jsonl")
     return accuracy
+
+
+def data_config(cfg: Config) -> dict[str, Any]:
+    """The data section with absolute folders: what ``avmaster compare`` reloads the test
+    split from, wherever it is run."""
+    out = to_dict(cfg.data)
+    for key in ("annotations_dir", "features_dir"):
+        out[key] = str(Path(out[key]).resolve())
+    return out
 
 
 def write_predictions(trainer: L.Trainer, module: AVMasterModule, dm: AVQADataModule,

@@ -118,6 +118,9 @@ class ScoreReport:
     missing: list[str] = field(default_factory=list)
     unmapped: list[str] = field(default_factory=list)
     extra: int = 0
+    hits: list[bool] = field(default_factory=list)  # per question, in the records' order
+    groups: list[int] = field(default_factory=list)  # per question: its group in the spec
+    question_ids: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{sum(1 for _ in self.counts)} columns"]
@@ -158,5 +161,7 @@ def score(predictions: dict[str, str | int], records: Sequence[QARecord], spec: 
     metric = GroupedAccuracy(spec)  # an UNKNOWN label never counts as correct
     metric.update(torch.tensor(pred), torch.tensor(label), torch.tensor(group))
     ids = {r.question_id for r in records}
+    hits = [p == t and t != UNKNOWN for p, t in zip(pred, label, strict=True)]
     return ScoreReport(metric.compute(), metric.counts(), missing, unmapped,
-                       sum(1 for q in predictions if q not in ids))
+                       sum(1 for q in predictions if q not in ids), hits, group,
+                       [r.question_id for r in records])

@@ -70,9 +70,10 @@ def settings_from_args(argv: Sequence[str]) -> DemoSettings:
 
 def summary(result: DemoResult) -> str:
     """The demo's closing lines: the table, the margin and where the files are."""
-    from avmaster.metrics import get_table
+    from avmaster.metrics import get_table, intervals_of
 
-    table = get_table("music_avqa").markdown(result.accuracy)
+    table = get_table("music_avqa").markdown(
+        result.accuracy, intervals_of(result.accuracy, result.counts), result.counts)
     full, qo = result.accuracy[FULL]["avg"], result.accuracy[QUESTION_ONLY]["avg"]
     verdict = ("PASS: AV-Master beats the question-only model" if result.passed else
                "FAIL: AV-Master does not beat the question-only model")

@@ -202,17 +202,21 @@ def write_report(out: Path, settings: DemoSettings, accuracy: dict[str, dict[str
     import pandas as pd
 
     from avmaster import reports
-    from avmaster.metrics import get_table
+    from avmaster.metrics import get_table, intervals_of
+    from avmaster.stats import INTERVAL_METHOD, LEVEL
 
     spec = get_table(TABLE)
     folder = out / "results"
     folder.mkdir(parents=True, exist_ok=True)
     cols = [c for c, _ in spec.columns]
     js, md, png = (folder / f"{RESULTS_NAME}{s}" for s in (".json", ".md", ".png"))
+    intervals = intervals_of(accuracy, counts)
     payload = {"table": spec.name, "columns": cols, "rows": accuracy, "counts": counts,
+               "intervals": intervals, "interval_method": f"{INTERVAL_METHOD}, {LEVEL:.0%}",
                "meta": {"data": DATA_PRESET, "margin": margin, **meta}}
     atomic_write_text(js, json.dumps(payload, indent=2) + "\n")
-    atomic_write_text(md, f"# AV-Master demo (synthetic data)\n\n{spec.markdown(accuracy)}\n\n"
+    table = spec.markdown(accuracy, intervals, counts)
+    atomic_write_text(md, f"# AV-Master demo (synthetic data)\n\n{table}\n\n"
                           f"Margin (avg): {margin:+.2f} points. {meta['encoders']}.\n")
     frame = pd.DataFrame({m: [acc.get(c, float("nan")) for c in cols]
                           for m, acc in accuracy.items()}, index=cols)

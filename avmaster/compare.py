@@ -1,0 +1,186 @@
+"""``avmaster compare A B``: is A better than B on the same questions, or is it noise?
+
+A and B are predictions files (scored against ``--annotations``) or run folders (their
+``predictions_<data>.jsonl``, scored against the test split their ``results_<data>.json``
+was evaluated on). Per column of the table: both accuracies, A - B with its 95 % paired
+bootstrap interval, McNemar's exact p-value and the questions only A / only B answered
+correctly (methods in :mod:`avmaster.stats`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from avmaster.data.annotations import assign_head_tail, concat, load_annotations
+from avmaster.data.config import DataConfig
+from avmaster.data.datamodule import AVQADataModule
+from avmaster.data.records import QARecord
+from avmaster.data.vocab import AnswerVocab
+from avmaster.io import atomic_write_text
+from avmaster.metrics import TableSpec, get_table
+from avmaster.paths import resolve
+from avmaster.scoring import PredictionError, read_predictions, score
+from avmaster.stats import LEVEL, RESAMPLES, PairedColumn, paired_comparison
+
+PREDICTIONS_GLOB = "predictions_*.jsonl"
+SHOWN_IDS = 5  # question ids an error message lists
+
+
+class CompareError(ValueError):
+    """Two inputs that cannot be compared; says which and how to fix it."""
+
+
+@dataclass
+class Side:
+    """One input: its name, predictions, and the records and table it is scored on."""
+
+    name: str
+    predictions: dict[str, str | int]
+    records: list[QARecord] | None  # None: from --annotations
+    table: str | None
+
+
+def _run_predictions(folder: Path, data: str | None) -> Path:
+    found = sorted(folder.glob(PREDICTIONS_GLOB))
+    if data:
+        found = [p for p in found if p.stem == f"predictions_{data}"]
+    if len(found) == 1:
+        return found[0]
+    names = ", ".join(p.name for p in sorted(folder.glob(PREDICTIONS_GLOB))) or "none"
+    if not found:
+        raise CompareError(f"{folder}: no {PREDICTIONS_GLOB}{' for ' + data if data else ''} "
+                           f"(found: {names}); run `avmaster eval` with save_predictions=true")
+    raise CompareError(f"{folder}: several predictions files ({names}); choose one with --data")
+
+
+def _run_records(folder: Path, predictions: Path) -> tuple[list[QARecord], str]:
+    """The test records and table a run folder's predictions were made on."""
+    data = predictions.stem[len("predictions_"):]
+    results = folder / f"results_{data}.json"
+    meta = json.loads(results.read_text()).get("meta", {}) if results.exists() else {}
+    cfg = meta.get("data_config")
+    if cfg is None and (folder / "config.json").exists():
+        cfg = json.loads((folder / "config.json").read_text()).get("data")
+        cfg = cfg if cfg and cfg.get("name") == data else None
+    if cfg is None:
+        raise CompareError(f"{predictions}: cannot tell which annotations it was made on "
+                           f"({results.name} has no meta.data_config); pass the predictions "
+                           "file itself with --annotations")
+    dc = DataConfig(**cfg)
+    split = AVQADataModule(dc).load_split("test")
+    if split is None:
+        raise CompareError(f"{folder}: its data config {data!r} lists no test annotations")
+    return split.records, dc.table
+
+
+def load_side(path: str, data: str | None) -> Side:
+    p = Path(path)
+    if p.is_dir():
+        preds = _run_predictions(p, data)
+        records, table = _run_records(p, preds)
+        return Side(str(p), read_predictions(preds), records, table)
+    return Side(p.stem, read_predictions(p), None, None)
+
+
+def _differ(a: set[str], b: set[str], what: str, name_a: str, name_b: str) -> None:
+    if a == b:
+        return
+    only_a, only_b = sorted(a - b), sorted(b - a)
+    shown = ", ".join((only_a + only_b)[:SHOWN_IDS])
+    raise CompareError(f"{what} differ: {len(only_a)} question ids only in {name_a}, "
+                       f"{len(only_b)} only in {name_b} (e.g. {shown}); compare predictions "
+                       "made on the same annotations")
+
+
+def compare(a: Side, b: Side, records: Sequence[QARecord], spec: TableSpec,
+            vocab: AnswerVocab | None, resamples: int = RESAMPLES, seed: int = 0
+            ) -> dict[str, PairedColumn]:
+    """Score both sides on ``records`` and compare them column by column."""
+    _differ(set(a.predictions), set(b.predictions), "the predictions' question sets",
+            a.name, b.name)
+    ra, rb = score(a.predictions, records, spec, vocab), score(b.predictions, records, spec, vocab)
+    return paired_comparison(np.array(ra.hits), np.array(rb.hits), np.array(ra.groups),
+                             spec.columns, resamples, seed)
+
+
+def markdown(result: dict[str, PairedColumn], name_a: str, name_b: str) -> str:
+    """One row per column: n, A, B, A - B, its interval, McNemar p, only A, only B."""
+    head = (f"| column | n | A | B | A - B | {LEVEL:.0%} CI (paired bootstrap) | "
+            "p (McNemar exact) | only A | only B |")
+    lines = [f"A: {name_a}  \nB: {name_b}\n", head, "|---" * 9 + "|"]
+    for col, r in result.items():
+        lines.append(f"| {col} | {r.n} | {r.a:.2f} | {r.b:.2f} | {r.diff:+.2f} | "
+                     f"{r.diff_low:+.2f} to {r.diff_high:+.2f} | {_p(r.p_value)} | "
+                     f"{r.only_a} | {r.only_b} |")
+    return "\n".join(lines)
+
+
+def _p(p: float) -> str:
+    return "-" if math.isnan(p) else f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+
+
+def main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(prog="avmaster compare", description=(
+        "Paired comparison of two predictions files or run folders on the same questions: per "
+        "column both accuracies, the difference with its 95 % paired-bootstrap interval, "
+        "McNemar's exact p-value, and how many questions only A / only B got right."))
+    ap.add_argument("a", help="predictions file (JSONL) or run folder")
+    ap.add_argument("b", help="predictions file (JSONL) or run folder")
+    ap.add_argument("--annotations", nargs="+", default=None,
+                    help="test annotations (needed for predictions files; default for run "
+                         "folders: the split their results were evaluated on)")
+    ap.add_argument("--data", default=None,
+                    help="in run folders, use predictions_<DATA>.jsonl (when several)")
+    ap.add_argument("--table", default=None, help="music_avqa | music_avqa_v2 | music_avqa_r "
+                    "| avqa (default: the run's, else music_avqa)")
+    ap.add_argument("--answers", default="answers/music_avqa.json",
+                    help="answer vocabulary for predictions files (JSON list)")
+    ap.add_argument("--head-tail-ratio", type=float, default=1.2)
+    ap.add_argument("--resamples", type=int, default=RESAMPLES)
+    ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    args = ap.parse_args(argv)
+    try:
+        a, b = load_side(args.a, args.data), load_side(args.b, args.data)
+    except PredictionError as e:
+        raise CompareError(str(e)) from None
+    table = args.table or a.table or b.table or "music_avqa"
+    if args.annotations:
+        records = concat([load_annotations(f, "test") for f in args.annotations], "test").records
+        if table == "music_avqa_r" and records and "head_tail" not in records[0].extra:
+            records = assign_head_tail(records, args.head_tail_ratio)
+        vocab_file: str | None = args.answers
+    elif a.records is not None and b.records is not None:
+        _differ({r.question_id for r in a.records}, {r.question_id for r in b.records},
+                "the runs' test annotations", a.name, b.name)
+        records, vocab_file = a.records, None
+    else:
+        raise CompareError("a predictions file needs --annotations (the test annotations it "
+                           "was made on)")
+    if not records:
+        raise CompareError("no test questions to compare on")
+    vocab = None
+    if not records[0].options:  # open-ended: a run's answers are its labels' texts
+        vocab = (AnswerVocab.from_file(resolve(vocab_file)) if vocab_file else
+                 AnswerVocab(sorted({r.answer for r in records})))
+    result = compare(a, b, records, get_table(table), vocab, args.resamples, args.seed)
+    text = markdown(result, a.name, b.name)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        payload = {"a": a.name, "b": b.name, "table": table, "resamples": args.resamples,
+                   "seed": args.seed, "level": LEVEL,
+                   "columns": {c: asdict(r) for c, r in result.items()}}
+        atomic_write_text(out.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(out.with_suffix(".md"), text + "\n")
+        print(f"written to {out.with_suffix('.json')} and {out.with_suffix('.md')}",
+              file=sys.stderr)
+    return 0
