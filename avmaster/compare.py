@@ -28,6 +28,7 @@ from avmaster.io import atomic_write_text
 from avmaster.metrics import TableSpec, get_table
 from avmaster.paths import resolve
 from avmaster.scoring import PredictionError, read_predictions, score
+from avmaster.seeds import seed_folders
 from avmaster.stats import LEVEL, RESAMPLES, PairedColumn, paired_comparison
 
 PREDICTIONS_GLOB = "predictions_*.jsonl"
@@ -55,6 +56,9 @@ def _run_predictions(folder: Path, data: str | None) -> Path:
     if len(found) == 1:
         return found[0]
     names = ", ".join(p.name for p in sorted(folder.glob(PREDICTIONS_GLOB))) or "none"
+    if not found and seed_folders(folder):
+        raise CompareError(f"{folder}: a folder of {len(seed_folders(folder))} seed runs holds "
+                           f"no predictions itself; compare one of them, e.g. {folder}/seed0")
     if not found:
         raise CompareError(f"{folder}: no {PREDICTIONS_GLOB}{' for ' + data if data else ''} "
                            f"(found: {names}); run `avmaster eval` with save_predictions=true")

@@ -39,6 +39,8 @@ PAPER_METHOD = "AV-Master"
 REPORTED_PREFIX = "reported"
 MEASURED_PREFIX = "measured"
 DELTA_PREFIX = "Δ"
+# Per metric column of a measured row: questions, interval bounds (%), std over seeds (points).
+N_PREFIX, LOW_PREFIX, HIGH_PREFIX, STD_PREFIX = "n:", "lo:", "hi:", "std:"
 KEY_COLUMNS = ("source", "dataset", "data", "table", "method", "setting", "ablation", "label")
 ABLATION_INDEX = ("table", "setting")
 CHART_WIDTH_PER_COLUMN = 0.55  # inches per metric column in :func:`plot`
@@ -220,7 +222,9 @@ def _ablations_of(path: Path, payload: dict[str, Any]) -> list[str]:
     named = _as_list(meta.get("ablation"))
     if named:
         return named
-    config = path.parent / "config.json"
+    sources = _as_list(meta.get("sources"))  # an aggregate over seeds: its first seed's run
+    config = (path.parent / sources[0]).parent / "config.json" if sources else (
+        path.parent / "config.json")
     if config.exists():
         try:
             return infer_ablations(json.loads(config.read_text()))
@@ -237,12 +241,16 @@ def _rows_of(path: Path, payload: dict[str, Any], folder: Path) -> list[dict[str
     setting = _v2_setting(data, _as_list(meta.get("test"))) if table == "music_avqa_v2" else ""
     if "rows" in payload:  # several methods in one file (demo.json)
         named = meta.get("ablations") or {}
-        rows = [(m, acc, _as_list(named.get(m))) for m, acc in payload["rows"].items()]
+        intervals = payload.get("intervals") or {}
+        rows = [(m, acc, _as_list(named.get(m)), intervals.get(m) or {}, {})
+                for m, acc in payload["rows"].items()]
     else:
         rows = [(str(payload.get("method", "?")), payload.get("accuracy") or {},
-                 _ablations_of(path, payload))]
+                 _ablations_of(path, payload), payload.get("interval") or {},
+                 payload.get("std") or {})]
+    counts = payload.get("counts") or {}
     out = []
-    for method, accuracy, ablations in rows:
+    for method, accuracy, ablations, interval, std in rows:
         label = method
         if ablations and ablations != ["full"] and not payload.get("rows"):
             label += f" [{', '.join(ablations)}]"
@@ -251,8 +259,13 @@ def _rows_of(path: Path, payload: dict[str, Any], folder: Path) -> list[dict[str
         out.append({"source": str(path.relative_to(folder)), "dataset": dataset, "data": data,
                     "table": table, "method": method, "setting": setting,
                     "ablation": ",".join(ablations), "label": label,
+                    "seeds": len(payload.get("seeds") or {}) or 1,
                     **{k: float(v) if v is not None else float("nan")
-                       for k, v in accuracy.items()}})
+                       for k, v in accuracy.items()},
+                    **{f"{N_PREFIX}{k}": float(v) for k, v in counts.items()},
+                    **{f"{LOW_PREFIX}{k}": float(v[0]) for k, v in interval.items()},
+                    **{f"{HIGH_PREFIX}{k}": float(v[1]) for k, v in interval.items()},
+                    **{f"{STD_PREFIX}{k}": float(v) for k, v in std.items()}})
     return out
 
 
@@ -260,8 +273,10 @@ def load_measured(folder: Path | str | None = None) -> pd.DataFrame:
     """Every results file under ``folder`` (see :func:`results_folder`), one row per method:
     ``source`` (path under ``folder``), ``dataset`` (benchmark key or ``demo``), ``data``
     (data config name), ``table``, ``method``, ``setting``, ``ablation`` (preset names,
-    comma-separated), ``label`` and the metric columns (%). Per-run files that a ``demo.json``
-    already gathers (its ``meta.sources``) are not counted twice."""
+    comma-separated), ``label``, ``seeds`` and the metric columns (%), each with ``n:<col>``
+    (questions), ``lo:<col>``/``hi:<col>`` (95 % interval) and, for an aggregate over seeds,
+    ``std:<col>``. Per-run files that a ``demo.json`` or an aggregate already gathers (its
+    ``meta.sources``) are not counted twice."""
     folder = results_folder(folder)
     files = sorted({p for g in RESULT_GLOBS for p in folder.rglob(g)}) if folder.is_dir() else []
     payloads: dict[Path, dict[str, Any]] = {}

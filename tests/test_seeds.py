@@ -1,0 +1,54 @@
+"""Several seeds through the CLI: one run folder each, the aggregate, evaluating the folder,
+comparing two seed runs, and the reports reading the aggregate like a single run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_train_eval import overrides  # noqa: F401  (fixture)
+
+from avmaster import reports
+from avmaster.cli import main
+from avmaster.stats import clopper_pearson
+
+
+def test_seeds_aggregate_eval_compare(tmp_path, overrides, capsys):  # noqa: F811
+    fast = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "save_predictions=true"]
+    assert main(["train", "--seeds", "2", *overrides, *fast]) == 0
+    run = tmp_path / "runs" / "tiny"
+    seeds = [json.loads((run / f"seed{k}" / "results_music_avqa.json").read_text())
+             for k in (0, 1)]
+    assert [json.loads((run / f"seed{k}" / "config.json").read_text())["seed"]
+            for k in (0, 1)] == [0, 1]
+    agg = json.loads((run / "results_music_avqa.json").read_text())
+    assert agg["meta"]["sources"] == ["seed0/results_music_avqa.json",
+                                      "seed1/results_music_avqa.json"]
+    for col in agg["columns"]:
+        values = [s["accuracy"][col] for s in seeds]
+        assert agg["accuracy"][col] == pytest.approx(np.mean(values))
+        assert agg["std"][col] == pytest.approx(np.std(values, ddof=1))
+    # pooled interval: exact binomial over the column's questions (not questions x seeds)
+    mean_k, n = agg["correct"]["avg"], agg["counts"]["avg"]
+    assert agg["interval"]["avg"][0] == pytest.approx(100 * clopper_pearson(int(mean_k), n)[0])
+    assert "±" in (run / "results_music_avqa.md").read_text()
+
+    # evaluating the folder evaluates every seed's checkpoint and rewrites the aggregate
+    (run / "results_music_avqa.json").unlink()
+    assert main(["eval", *overrides, f"ckpt={run}"]) == 0
+    assert json.loads((run / "results_music_avqa.json").read_text())["accuracy"] == pytest.approx(
+        agg["accuracy"])
+
+    # two seed runs compared on their own test split (read from their results files)
+    assert main(["compare", str(run / "seed0"), str(run / "seed1")]) == 0
+    assert f"| avg | {n} | {seeds[0]['accuracy']['avg']:.2f} |" in capsys.readouterr().out
+    # a multi-seed folder itself holds no predictions: a one-line error
+    assert main(["compare", str(run), str(run / "seed1")]) == 2
+    assert "seed runs" in capsys.readouterr().err
+
+    # the reports count the aggregate once, with its spread, and not the seed files again
+    measured = reports.load_measured(tmp_path / "runs")
+    assert len(measured) == 1 and "mean of 2 seeds" in measured["label"].item()
+    assert measured["std:avg"].item() == pytest.approx(agg["std"]["avg"])
+    assert measured["lo:avg"].item() == pytest.approx(agg["interval"]["avg"][0])
