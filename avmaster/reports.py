@@ -451,3 +451,195 @@ def show(sec: Section) -> None:
         import matplotlib.pyplot as plt
 
         plt.close(sec.figure)
+
+
+# ----------------------------------------------------------------------------- noise
+
+NOISE_MARK = "≈"  # a reported gap smaller than the measured noise
+FOREST_ROW_HEIGHT = 0.28  # inches per method in :func:`forest`
+FOREST_PANEL_WIDTH = 2.6  # inches per metric column in :func:`forest`
+FOREST_LABEL_WIDTH = 3.0  # inches for the method names
+GROUP_TITLES = {"a": "Audio", "v": "Visual", "av": "Audio-Visual"}
+
+
+def column_groups(table: str) -> dict[str, list[str]]:
+    """A table's metric columns by group: each modality's columns (types and average), the
+    other per-type columns, and the overall ``avg`` on its own."""
+    out: dict[str, list[str]] = {}
+    for col in metric_columns(table):
+        prefix = col.split("_")[0]
+        name = "overall" if col == "avg" else GROUP_TITLES.get(prefix, "question types")
+        out.setdefault(name, []).append(col)
+    return out
+
+
+def noise(measured: pd.DataFrame, table: str) -> pd.Series:
+    """Per metric column the measured noise of ``table``'s benchmark: the largest half-width of
+    a measured 95 % interval (pooled for aggregates over seeds). NaN where none is measured."""
+    cols = metric_columns(table)
+    ours = measured[measured["dataset"] == table] if len(measured) else measured
+    half = pd.DataFrame({c: (ours.get(f"{HIGH_PREFIX}{c}", pd.Series(dtype=float))
+                             - ours.get(f"{LOW_PREFIX}{c}", pd.Series(dtype=float))) / 2
+                         for c in cols})
+    return half.max(axis=0).reindex(cols).astype(float)
+
+
+def with_intervals(measured: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Metric columns as rows; the reported AV-Master number(s) and, per measured result,
+    ``accuracy [low, high] n=questions`` (``mean ±std [pooled interval]`` over seeds) and
+    whether the reported number lies inside the measured interval."""
+    cols = metric_columns(table)
+    out = pd.DataFrame(index=pd.Index(cols, name="column"))
+    reported = load_reported(table)
+    mine = reported[reported["method"] == PAPER_METHOD] if len(reported) else reported
+    for _, row in mine.iterrows():
+        name = f"{REPORTED_PREFIX} {PAPER_METHOD}" + (f" ({row['setting']})"
+                                                     if len(mine) > 1 else "")
+        out[name] = [f"{row[c]:.2f}" if c in row and pd.notna(row[c]) else "-" for c in cols]
+    ours = measured[measured["dataset"] == table] if len(measured) else measured
+    for _, row in ours.iterrows():
+        cells, inside = [], []
+        for c in cols:
+            acc, lo, hi = (row.get(k, float("nan")) for k in (c, f"{LOW_PREFIX}{c}",
+                                                               f"{HIGH_PREFIX}{c}"))
+            std = row.get(f"{STD_PREFIX}{c}", float("nan"))
+            spread = f" ±{std:.2f}" if pd.notna(std) else ""
+            count = row.get(f"{N_PREFIX}{c}", float("nan"))
+            cells.append("-" if pd.isna(acc) else f"{acc:.2f}{spread}" + (
+                f" [{lo:.2f}, {hi:.2f}]" if pd.notna(lo) else "") + (
+                f" n={int(count)}" if pd.notna(count) else ""))
+            ref = [r[c] for _, r in mine.iterrows() if c in r and pd.notna(r[c])
+                   and (len(mine) == 1 or r["setting"] == row["setting"])]
+            inside.append("-" if not ref or pd.isna(lo) else
+                          "yes" if lo <= ref[0] <= hi else "no")
+        out[f"{MEASURED_PREFIX} {row['label']}"] = cells
+        if len(mine):
+            out[f"reported inside? ({row['label']})"] = inside
+    return out
+
+
+def gaps(measured: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Reported differences between AV-Master and every other reported method (AV-Master
+    minus method, points, per setting), marked ``≈`` where smaller than the measured noise
+    (:func:`noise`): a gap that resampling the test questions alone could produce."""
+    reported = load_reported(table)
+    if not len(reported) or table not in BENCHMARKS:
+        return pd.DataFrame()
+    cols = [c for c in metric_columns(table) if c in reported]
+    level = noise(measured, table)
+    rows = {}
+    # only v2.0's settings (train/test split) are conditions; other tables list venues there
+    by = reported["setting"] if table == "music_avqa_v2" else pd.Series("", reported.index)
+    for setting, group in reported.groupby(by, sort=False):
+        paper = group[group["method"] == PAPER_METHOD]
+        if paper.empty:
+            continue
+        for _, row in group[group["method"] != PAPER_METHOD].iterrows():
+            cells = []
+            for c in cols:
+                d = float(paper[c].iloc[0]) - float(row[c])
+                mark = f"{NOISE_MARK} " if pd.notna(level[c]) and abs(d) < level[c] else ""
+                cells.append("-" if pd.isna(d) else f"{mark}{d:+.2f}")
+            rows[f"{row['method']} ({setting})" if setting else row["method"]] = cells
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=cols)
+    out.index.name = "method"
+    return out
+
+
+def forest(measured: pd.DataFrame, table: str, title: str = "") -> list[Any]:
+    """One forest plot per column group (:func:`column_groups`): per column, every reported
+    method as a point and every measured result with its 95 % interval (and ±std over seeds as
+    a thicker bar). Returns the matplotlib figures."""
+    import matplotlib.pyplot as plt
+
+    reported = load_reported(table) if table != DEMO else pd.DataFrame()
+    ours = measured[measured["dataset"] == table] if len(measured) else measured
+    figures = []
+    for group, cols in column_groups(table).items():
+        names = [r["method"] + (f" ({r['setting']})" if table == "music_avqa_v2" else "")
+                 for _, r in reported.iterrows()]
+        names += [f"{MEASURED_PREFIX} {label}" for label in ours.get("label", [])]
+        if not names:
+            continue
+        fig, axes = plt.subplots(1, len(cols), sharey=True, squeeze=False, layout="constrained",
+                                 figsize=(
+            FOREST_LABEL_WIDTH + FOREST_PANEL_WIDTH * len(cols), max(CHART_HEIGHT / 2,
+                                                FOREST_ROW_HEIGHT * (len(names) + 2))))
+        for ax, c in zip(axes[0], cols, strict=True):
+            y = 0
+            for _, r in reported.iterrows():
+                ax.plot([r.get(c, float("nan"))], [y], "o", mfc="none", color="0.4")
+                y += 1
+            for _, r in ours.iterrows():
+                acc, lo, hi = (r.get(k, float("nan")) for k in (c, f"{LOW_PREFIX}{c}",
+                                                                 f"{HIGH_PREFIX}{c}"))
+                if pd.notna(lo):
+                    ax.errorbar([acc], [y], xerr=[[acc - lo], [hi - acc]], fmt="s", color="C3",
+                                capsize=3)
+                std = r.get(f"{STD_PREFIX}{c}", float("nan"))
+                if pd.notna(std):
+                    ax.plot([acc - std, acc + std], [y, y], color="C0", lw=4, alpha=0.6)
+                ax.plot([acc], [y], "s", color="C3")
+                y += 1
+            ax.set_title(c, fontsize="small")
+            ax.set_xlabel("accuracy (%)")
+            ax.grid(axis="x", alpha=0.3)
+        axes[0][0].set_yticks(range(len(names)))
+        axes[0][0].set_yticklabels(names, fontsize="small")
+        axes[0][0].invert_yaxis()
+        fig.suptitle(f"{title}: {group}" if title else group)
+        figures.append(fig)
+    return figures
+
+
+@dataclass
+class NoiseSection:
+    """Measured results with their intervals, the reported gaps within that noise, and one
+    forest plot per column group."""
+
+    title: str
+    note: str
+    frame: pd.DataFrame
+    gaps: pd.DataFrame
+    figures: list[Any]
+
+
+def noise_section(table: str, measured: pd.DataFrame, chart: bool = True) -> NoiseSection:
+    """Intervals, reported gaps inside the measured noise and, when something is measured,
+    forest plots of one benchmark."""
+    title = (DEMO_TITLE if table == DEMO else BENCHMARKS[table].title) + ": intervals"
+    level = noise(measured, table)
+    gap = gaps(measured, table)
+    ours = bool(len(measured) and (measured["dataset"] == table).any())
+    if level.notna().any():
+        marked = int(gap.apply(lambda s: s.str.startswith(NOISE_MARK)).to_numpy().sum()) if len(
+            gap) else 0
+        note = (f"95 % intervals of the measured results (exact binomial; pooled for means over "
+                f"seeds). Measured noise (largest interval half-width): avg ±"
+                f"{level.get('avg', float('nan')):.2f} points. {marked} reported gap(s) between "
+                f"{PAPER_METHOD} and another method are smaller than that ({NOISE_MARK}): the "
+                "test questions alone could produce them.")
+    elif ours:
+        note = ("The measured results here carry no interval (files written by an earlier "
+                "version: evaluate again), so no reported gap is weighed against the noise.")
+    else:
+        note = "Nothing measured here: no interval to weigh the reported gaps against."
+    figures = forest(measured, table, title.split(":")[0]) if chart and ours else []
+    return NoiseSection(title, note, with_intervals(measured, table), gap, figures)
+
+
+def show_noise(sec: NoiseSection) -> None:
+    """Display a :class:`NoiseSection` in a notebook."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"### {sec.title}\n\n{sec.note}"))
+    if len(sec.frame.columns):
+        display(sec.frame)
+    if len(sec.gaps):
+        display(Markdown(f"Reported {PAPER_METHOD} minus each method (points); "
+                         f"{NOISE_MARK}: inside the measured noise."))
+        display(sec.gaps)
+    for fig in sec.figures:
+        display(fig)
+        plt.close(fig)

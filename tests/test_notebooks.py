@@ -43,8 +43,15 @@ def test_benchmark_notebook(tmp_path, monkeypatch):
     assert_clean(nb)
     html = outputs(nb, "text/html")
     markdown = "\n".join(outputs(nb, "text/markdown"))
-    assert len(outputs(nb, "image/png")) == 5  # one chart per dataset and the demo
-    assert sum("reported AV-Master" in h for h in html) == 2  # MUSIC-AVQA (measured) and AVQA
+    # a bar chart per dataset and the demo, and a forest plot per column group (A, V, AV,
+    # overall) of MUSIC-AVQA, v2.0 and the demo, the three with measured results
+    assert len(outputs(nb, "image/png")) == 5 + 3 * 4
+    assert sum("reported AV-Master" in h and "Δ" in h for h in html) == 1  # MUSIC-AVQA
+    # measured with interval and n, the reported number inside it or not, reported gaps
+    # within the measured noise (n = 10 per column here: every gap is)
+    assert any("70.00 [34.75, 93.33] n=10" in h and "reported inside?" in h for h in html)
+    assert any("≈ +0.89" in h and "QA-TIGER" in h for h in html)  # 78.51 - 77.62
+    assert "reported gap(s) between AV-Master and another method" in markdown
     assert any("measured AV-Master (ours) [wo_avfc]" in h and "Δ" in h for h in html)
     assert any("train balance, test bias" in h for h in html)  # v2.0: measured setting
     assert markdown.count("None measured") == 2  # MUSIC-AVQA-R and AVQA
