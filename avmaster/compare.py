@@ -23,9 +23,9 @@ from avmaster.data.annotations import assign_head_tail, concat, load_annotations
 from avmaster.data.config import DataConfig
 from avmaster.data.datamodule import AVQADataModule
 from avmaster.data.records import QARecord
+from avmaster.data.tables import TableSpec, get_table
 from avmaster.data.vocab import AnswerVocab
 from avmaster.io import atomic_write_text
-from avmaster.metrics import TableSpec, get_table
 from avmaster.paths import resolve
 from avmaster.scoring import PredictionError, read_predictions, score
 from avmaster.seeds import seed_folders

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from avmaster.config import Config, ConfigError
-from avmaster.metrics import get_table, write_results
+from avmaster.data.tables import get_table
+from avmaster.metrics import write_results
 from avmaster.stats import correct_counts
 
 log = logging.getLogger(__name__)

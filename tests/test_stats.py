@@ -12,7 +12,8 @@ from scipy.stats import binomtest
 from avmaster import stats
 from avmaster.cli import main
 from avmaster.data.annotations import load_annotations
-from avmaster.metrics import get_table, write_results
+from avmaster.data.tables import get_table
+from avmaster.metrics import write_results
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 7), (7, 7), (3, 10), (60, 120), (1, 5000),

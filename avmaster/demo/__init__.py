@@ -70,7 +70,8 @@ def settings_from_args(argv: Sequence[str]) -> DemoSettings:
 
 def summary(result: DemoResult) -> str:
     """The demo's closing lines: the table, the margin and where the files are."""
-    from avmaster.metrics import get_table, intervals_of
+    from avmaster.data.tables import get_table
+    from avmaster.metrics import intervals_of
 
     table = get_table("music_avqa").markdown(
         result.accuracy, intervals_of(result.accuracy, result.counts), result.counts)

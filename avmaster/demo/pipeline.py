@@ -203,7 +203,8 @@ def write_report(out: Path, settings: DemoSettings, accuracy: dict[str, dict[str
     import pandas as pd
 
     from avmaster import reports
-    from avmaster.metrics import get_table, intervals_of
+    from avmaster.data.tables import get_table
+    from avmaster.metrics import intervals_of
     from avmaster.stats import INTERVAL_METHOD, LEVEL
 
     spec = get_table(TABLE)
