@@ -115,6 +115,32 @@ def compare(a: Side, b: Side, records: Sequence[QARecord], spec: TableSpec,
                              spec.columns, resamples, seed)
 
 
+def _vocab(records: Sequence[QARecord], answers: str | None) -> AnswerVocab | None:
+    """Open-ended scoring's vocabulary: the ``answers`` file, else the labels' own texts
+    (a run's predictions are answer texts; a label it cannot predict stays wrong)."""
+    if records[0].options:
+        return None
+    if answers:
+        return AnswerVocab.from_file(resolve(answers))
+    return AnswerVocab(sorted({r.answer for r in records}))
+
+
+def compare_runs(a: Path | str, b: Path | str, data: str | None = None,
+                 resamples: int = RESAMPLES, seed: int = 0) -> dict[str, PairedColumn]:
+    """:func:`compare` of two run folders on the test split they were evaluated on."""
+    return _compare_runs(load_side(str(a), data), load_side(str(b), data), resamples, seed)
+
+
+def _compare_runs(sa: Side, sb: Side, resamples: int, seed: int) -> dict[str, PairedColumn]:
+    assert sa.records is not None and sb.records is not None and sa.table
+    _differ({r.question_id for r in sa.records}, {r.question_id for r in sb.records},
+            "the runs' test annotations", sa.name, sb.name)
+    if not sa.records:
+        raise CompareError(f"{sa.name}: no test questions to compare on")
+    return compare(sa, sb, sa.records, get_table(sa.table), _vocab(sa.records, None),
+                   resamples, seed)
+
+
 def markdown(result: dict[str, PairedColumn], name_a: str, name_b: str) -> str:
     """One row per column: n, A, B, A - B, its interval, McNemar p, only A, only B."""
     head = (f"| column | n | A | B | A - B | {LEVEL:.0%} CI (paired bootstrap) | "
@@ -161,21 +187,15 @@ def main(argv: Sequence[str]) -> int:
         records = concat([load_annotations(f, "test") for f in args.annotations], "test").records
         if table == "music_avqa_r" and records and "head_tail" not in records[0].extra:
             records = assign_head_tail(records, args.head_tail_ratio)
-        vocab_file: str | None = args.answers
+        if not records:
+            raise CompareError("no test questions to compare on")
+        result = compare(a, b, records, get_table(table), _vocab(records, args.answers),
+                         args.resamples, args.seed)
     elif a.records is not None and b.records is not None:
-        _differ({r.question_id for r in a.records}, {r.question_id for r in b.records},
-                "the runs' test annotations", a.name, b.name)
-        records, vocab_file = a.records, None
+        result = _compare_runs(a, b, args.resamples, args.seed)
     else:
         raise CompareError("a predictions file needs --annotations (the test annotations it "
                            "was made on)")
-    if not records:
-        raise CompareError("no test questions to compare on")
-    vocab = None
-    if not records[0].options:  # open-ended: a run's answers are its labels' texts
-        vocab = (AnswerVocab.from_file(resolve(vocab_file)) if vocab_file else
-                 AnswerVocab(sorted({r.answer for r in records})))
-    result = compare(a, b, records, get_table(table), vocab, args.resamples, args.seed)
     text = markdown(result, a.name, b.name)
     print(text)
     if args.out:

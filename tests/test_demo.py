@@ -255,6 +255,14 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch):
     assert payload["meta"]["pretrained"] is False
     assert "RANDOMLY INITIALISED" in payload["meta"]["encoders"]
     assert result.margin > 0, result.accuracy
+    # the paired comparison of the two runs is the margin, with its interval and test
+    paired = payload["meta"]["paired_avg"]
+    assert paired["diff"] == pytest.approx(result.margin, abs=1e-4)
+    assert paired["n"] == payload["counts"]["avg"]
+    assert paired["diff_low"] <= paired["diff"] <= paired["diff_high"]
+    assert paired["only_a"] - paired["only_b"] == round(paired["n"] * result.margin / 100)
+    assert "McNemar exact p" in md and "| 95% CI |" in md
+    assert set(payload["intervals"]) == {FULL, QUESTION_ONLY}
     measured = reports.load_measured(tmp_path / "demo")
     assert Counter(measured["method"]) == {FULL: 1, QUESTION_ONLY: 1}
     assert (tmp_path / "demo" / "features" / "extract_summary.json").exists()

@@ -21,6 +21,7 @@ from avmaster.demo.pipeline import (
     QUESTION_ONLY,
     DemoResult,
     DemoSettings,
+    paired_note,
     run_demo,
 )
 
@@ -81,6 +82,7 @@ def summary(result: DemoResult) -> str:
     files = ", ".join(str(p) for p in result.files.values())
     return (f"\n{table}\n\n{verdict}: avg {full:.2f}% vs {qo:.2f}% "
             f"(margin {result.margin:+.2f} points) in {result.timings['total_s']:.0f} s.\n"
+            + (f"{paired_note(result.paired)}.\n" if result.paired else "") +
             f"{result.encoders}.\nwritten: {files}")
 
 

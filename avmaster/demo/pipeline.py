@@ -92,6 +92,7 @@ class DemoResult:
     encoders: str
     files: dict[str, Path]
     timings: dict[str, float]
+    paired: dict[str, Any] | None = None  # avmaster compare of the two runs, column avg
 
     @property
     def passed(self) -> bool:
@@ -219,7 +220,8 @@ def write_report(out: Path, settings: DemoSettings, accuracy: dict[str, dict[str
     atomic_write_text(js, json.dumps(payload, indent=2) + "\n")
     table = spec.markdown(accuracy, intervals, counts)
     atomic_write_text(md, f"# AV-Master demo (synthetic data)\n\n{table}\n\n"
-                          f"Margin (avg): {margin:+.2f} points. {meta['encoders']}.\n")
+                          f"Margin (avg): {margin:+.2f} points; {paired_note(meta['paired_avg'])}."
+                          f" {meta['encoders']}.\n")
     frame = pd.DataFrame({m: [acc.get(c, float("nan")) for c in cols]
                           for m, acc in accuracy.items()}, index=cols)
     fig = reports.plot(frame, f"Synthetic demo: AV-Master vs question only "
@@ -268,20 +270,35 @@ def run_demo(settings: DemoSettings | None = None,
     accuracy: dict[str, dict[str, float]] = {}
     counts: dict[str, int] = {}
     sources: list[str] = []
+    run_dirs: list[Path] = []
     for method, (name, ablation) in RUNS.items():
         t = time.monotonic()
         say(f"[demo] training {method} ({settings.epochs} epochs, dim {settings.dim})")
         acc, cnt, results = _train(train_overrides(settings, out, files, name, ablation))
         accuracy[method], counts = acc, cnt or counts
         sources.append(os.path.relpath(results, out / "results"))
+        run_dirs.append(results.parent)
         timings[f"train_{name}_s"] = time.monotonic() - t
         say(f"[demo] {method}: avg {acc['avg']:.2f}% in {timings[f'train_{name}_s']:.0f} s")
 
     margin = accuracy[FULL]["avg"] - accuracy[QUESTION_ONLY]["avg"]
+    from avmaster.compare import compare_runs
+
+    paired = asdict(compare_runs(*run_dirs, data=DATA_PRESET)["avg"])
+    say(f"[demo] {paired_note(paired)}")
     timings["total_s"] = time.monotonic() - start
     meta = {"encoders": note, "pretrained": settings.pretrained,
             "ablations": {FULL: "full", QUESTION_ONLY: "question_only"},
-            "sources": sources, "settings": asdict(settings),
+            "sources": sources, "settings": asdict(settings), "paired_avg": paired,
             "timings_s": {k: round(v, 1) for k, v in timings.items()}}
     report = write_report(out, settings, accuracy, counts, margin, meta)
-    return DemoResult(accuracy, counts, margin, note, report, timings)
+    return DemoResult(accuracy, counts, margin, note, report, timings, paired)
+
+
+def paired_note(paired: dict[str, Any]) -> str:
+    """One line on the paired comparison of the two runs (``avmaster compare``, column avg)."""
+    return (f"paired, {FULL} - {QUESTION_ONLY} (avg, {paired['n']} questions): "
+            f"{paired['diff']:+.2f} points, 95% paired-bootstrap interval "
+            f"{paired['diff_low']:+.2f} to {paired['diff_high']:+.2f}, McNemar exact p = "
+            f"{paired['p_value']:.2g}; only {FULL} right: {paired['only_a']}, only "
+            f"{QUESTION_ONLY} right: {paired['only_b']}")
