@@ -41,10 +41,11 @@ class CompareError(ValueError):
 
 @dataclass
 class Side:
-    """One input: its name, predictions, and the records and table it is scored on."""
+    """One input: its name, its predictions (one set per seed of a folder of seed runs), and
+    the records and table it is scored on."""
 
     name: str
-    predictions: dict[str, str | int]
+    predictions: list[dict[str, str | int]]
     records: list[QARecord] | None  # None: from --annotations
     table: str | None
 
@@ -56,9 +57,6 @@ def _run_predictions(folder: Path, data: str | None) -> Path:
     if len(found) == 1:
         return found[0]
     names = ", ".join(p.name for p in sorted(folder.glob(PREDICTIONS_GLOB))) or "none"
-    if not found and seed_folders(folder):
-        raise CompareError(f"{folder}: a folder of {len(seed_folders(folder))} seed runs holds "
-                           f"no predictions itself; compare one of them, e.g. {folder}/seed0")
     if not found:
         raise CompareError(f"{folder}: no {PREDICTIONS_GLOB}{' for ' + data if data else ''} "
                            f"(found: {names}); run `avmaster eval` with save_predictions=true")
@@ -86,12 +84,13 @@ def _run_records(folder: Path, predictions: Path) -> tuple[list[QARecord], str]:
 
 
 def load_side(path: str, data: str | None) -> Side:
+    """A predictions file, a run folder, or a folder of seed runs (every seed's predictions)."""
     p = Path(path)
     if p.is_dir():
-        preds = _run_predictions(p, data)
-        records, table = _run_records(p, preds)
-        return Side(str(p), read_predictions(preds), records, table)
-    return Side(p.stem, read_predictions(p), None, None)
+        files = [_run_predictions(run, data) for run in seed_folders(p) or [p]]
+        records, table = _run_records(files[0].parent, files[0])
+        return Side(str(p), [read_predictions(f) for f in files], records, table)
+    return Side(p.stem, [read_predictions(p)], None, None)
 
 
 def _differ(a: set[str], b: set[str], what: str, name_a: str, name_b: str) -> None:
@@ -107,12 +106,20 @@ def _differ(a: set[str], b: set[str], what: str, name_a: str, name_b: str) -> No
 def compare(a: Side, b: Side, records: Sequence[QARecord], spec: TableSpec,
             vocab: AnswerVocab | None, resamples: int = RESAMPLES, seed: int = 0
             ) -> dict[str, PairedColumn]:
-    """Score both sides on ``records`` and compare them column by column."""
-    _differ(set(a.predictions), set(b.predictions), "the predictions' question sets",
-            a.name, b.name)
-    ra, rb = score(a.predictions, records, spec, vocab), score(b.predictions, records, spec, vocab)
-    return paired_comparison(np.array(ra.hits), np.array(rb.hits), np.array(ra.groups),
-                             spec.columns, resamples, seed)
+    """Score both sides on ``records`` and compare them column by column; a side with several
+    seeds counts each question as its fraction of seeds answering it correctly."""
+    first = a.predictions[0]
+    for side in (a, b):
+        for k, preds in enumerate(side.predictions):
+            name = side.name + (f" (seed {k})" if len(side.predictions) > 1 else "")
+            _differ(set(first), set(preds), "the predictions' question sets",
+                    a.name + (" (seed 0)" if len(a.predictions) > 1 else ""), name)
+    hits = []
+    for side in (a, b):
+        reports = [score(preds, records, spec, vocab) for preds in side.predictions]
+        hits.append(np.mean([r.hits for r in reports], axis=0))
+    return paired_comparison(hits[0], hits[1], np.array(reports[0].groups), spec.columns,
+                             resamples, seed)
 
 
 def _vocab(records: Sequence[QARecord], answers: str | None) -> AnswerVocab | None:
@@ -149,8 +156,15 @@ def markdown(result: dict[str, PairedColumn], name_a: str, name_b: str) -> str:
     for col, r in result.items():
         lines.append(f"| {col} | {r.n} | {r.a:.2f} | {r.b:.2f} | {r.diff:+.2f} | "
                      f"{r.diff_low:+.2f} to {r.diff_high:+.2f} | {_p(r.p_value)} | "
-                     f"{r.only_a} | {r.only_b} |")
+                     f"{_count(r.only_a)} | {_count(r.only_b)} |")
+    if any(r.only_a is None for r in result.values()):
+        lines.append("\nWith several seeds a question counts as the fraction of seeds right; "
+                     "McNemar's test and the only-A/only-B counts need single runs (-).")
     return "\n".join(lines)
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else str(n)
 
 
 def _p(p: float) -> str:
@@ -162,8 +176,8 @@ def main(argv: Sequence[str]) -> int:
         "Paired comparison of two predictions files or run folders on the same questions: per "
         "column both accuracies, the difference with its 95 % paired-bootstrap interval, "
         "McNemar's exact p-value, and how many questions only A / only B got right."))
-    ap.add_argument("a", help="predictions file (JSONL) or run folder")
-    ap.add_argument("b", help="predictions file (JSONL) or run folder")
+    ap.add_argument("a", help="predictions file (JSONL), run folder or folder of seed runs")
+    ap.add_argument("b", help="predictions file (JSONL), run folder or folder of seed runs")
     ap.add_argument("--annotations", nargs="+", default=None,
                     help="test annotations (needed for predictions files; default for run "
                          "folders: the split their results were evaluated on)")
@@ -202,7 +216,8 @@ def main(argv: Sequence[str]) -> int:
         out = Path(args.out)
         payload = {"a": a.name, "b": b.name, "table": table, "resamples": args.resamples,
                    "seed": args.seed, "level": LEVEL,
-                   "columns": {c: asdict(r) for c, r in result.items()}}
+                   "columns": {c: {k: None if isinstance(v, float) and math.isnan(v) else v
+                                   for k, v in asdict(r).items()} for c, r in result.items()}}
         atomic_write_text(out.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
         atomic_write_text(out.with_suffix(".md"), text + "\n")
         print(f"written to {out.with_suffix('.json')} and {out.with_suffix('.md')}",

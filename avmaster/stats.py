@@ -146,8 +146,8 @@ class PairedColumn:
     diff: float
     diff_low: float
     diff_high: float
-    only_a: int
-    only_b: int
+    only_a: int | None  # None (and p_value NaN) when a side is a mean over seeds
+    only_b: int | None
     p_value: float
 
 
@@ -157,18 +157,23 @@ def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray, groups: np.n
                       ) -> dict[str, PairedColumn]:
     """Per column: both accuracies, A - B with its paired-bootstrap interval
     (:func:`bootstrap_means` of the per-question differences), the questions only A / only B
-    answered correctly and McNemar's exact p-value (:func:`mcnemar_exact`)."""
-    a = np.asarray(correct_a, dtype=bool)
-    b = np.asarray(correct_b, dtype=bool)
+    answered correctly and McNemar's exact p-value (:func:`mcnemar_exact`). Correctness may be
+    a fraction (of seeds right): then the interval is that of the mean difference, and the
+    McNemar fields, defined for single runs only, are None / NaN."""
+    a = np.asarray(correct_a, dtype=np.float64)
+    b = np.asarray(correct_b, dtype=np.float64)
+    binary = bool(np.isin(a, (0, 1)).all() and np.isin(b, (0, 1)).all())
     groups = np.asarray(groups)
-    ci = bootstrap_means(a.astype(np.int8) - b.astype(np.int8), groups, columns, resamples, seed)
+    ci = bootstrap_means(a - b, groups, columns, resamples, seed)
     out = {}
     for col, members in columns:
         sel = np.isin(groups, list(members))
         n = int(sel.sum())
-        only_a, only_b = int((a & ~b & sel).sum()), int((b & ~a & sel).sum())
         acc_a = 100.0 * a[sel].mean() if n else float("nan")
         acc_b = 100.0 * b[sel].mean() if n else float("nan")
-        out[col] = PairedColumn(n, acc_a, acc_b, acc_a - acc_b, *ci[col], only_a, only_b,
-                                mcnemar_exact(only_a, only_b))
+        only_a = int(((a > b) & sel).sum()) if binary else None
+        only_b = int(((b > a) & sel).sum()) if binary else None
+        p = mcnemar_exact(only_a, only_b) if only_a is not None and only_b is not None else (
+            float("nan"))
+        out[col] = PairedColumn(n, acc_a, acc_b, acc_a - acc_b, *ci[col], only_a, only_b, p)
     return out

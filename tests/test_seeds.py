@@ -43,9 +43,14 @@ def test_seeds_aggregate_eval_compare(tmp_path, overrides, capsys):  # noqa: F81
     # two seed runs compared on their own test split (read from their results files)
     assert main(["compare", str(run / "seed0"), str(run / "seed1")]) == 0
     assert f"| avg | {n} | {seeds[0]['accuracy']['avg']:.2f} |" in capsys.readouterr().out
-    # a multi-seed folder itself holds no predictions: a one-line error
-    assert main(["compare", str(run), str(run / "seed1")]) == 2
-    assert "seed runs" in capsys.readouterr().err
+    # the folder of seeds against one seed: each question counts as its fraction of seeds
+    # right, so A is the mean of the seeds; McNemar needs single runs
+    assert main(["compare", str(run), str(run / "seed1"), "--out", str(tmp_path / "c")]) == 0
+    assert "fraction of seeds right" in capsys.readouterr().out
+    avg = json.loads((tmp_path / "c.json").read_text())["columns"]["avg"]
+    assert avg["a"] == pytest.approx(agg["accuracy"]["avg"])
+    assert avg["b"] == pytest.approx(seeds[1]["accuracy"]["avg"])
+    assert avg["p_value"] is None and avg["only_a"] is None
 
     # the reports count the aggregate once, with its spread, and not the seed files again
     measured = reports.load_measured(tmp_path / "runs")
