@@ -162,11 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from avmaster.data.annotations import AnnotationError
     from avmaster.data.store import FeatureStoreError
     from avmaster.scoring import PredictionError
+    from avmaster.seeds import AggregateError
 
     try:
         return COMMANDS[command](rest)
     except (ConfigError, AnnotationError, FeatureStoreError, PredictionError, CompareError,
-            FileNotFoundError, FileExistsError) as e:
+            AggregateError, FileNotFoundError, FileExistsError) as e:
         print(f"avmaster {command}: error: {e}", file=sys.stderr)
         return 2
 

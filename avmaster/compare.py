@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from avmaster.data.annotations import assign_head_tail, concat, load_annotations
-from avmaster.data.config import DataConfig
-from avmaster.data.datamodule import AVQADataModule
 from avmaster.data.records import QARecord
 from avmaster.data.tables import TableSpec, get_table
 from avmaster.data.vocab import AnswerVocab
@@ -65,6 +63,9 @@ def _run_predictions(folder: Path, data: str | None) -> Path:
 
 def _run_records(folder: Path, predictions: Path) -> tuple[list[QARecord], str]:
     """The test records and table a run folder's predictions were made on."""
+    from avmaster.data.config import DataConfig
+    from avmaster.data.datamodule import AVQADataModule  # imports Lightning: only when needed
+
     data = predictions.stem[len("predictions_"):]
     results = folder / f"results_{data}.json"
     meta = json.loads(results.read_text()).get("meta", {}) if results.exists() else {}

@@ -31,6 +31,10 @@ AGGREGATE_METHOD = "AV-Master (ours), mean of {n} seeds"
 LAST = "last.ckpt"
 
 
+class AggregateError(ValueError):
+    """Seed runs that cannot be aggregated; names the file and how to fix it."""
+
+
 def seed_config(cfg: Config, seed: int) -> Config:
     """``cfg`` with ``seed`` and the run folder ``<name>/seed<seed>``."""
     return dataclasses.replace(cfg, seed=seed, name=str(Path(cfg.name) / f"{SEED_PREFIX}{seed}"))
@@ -99,7 +103,7 @@ def aggregate(folder: Path, data: str) -> Path:
     counts = results[0]["counts"]
     for (_, f), r in zip(files, results, strict=True):
         if r["counts"] != counts or r["table"] != results[0]["table"]:
-            raise ValueError(f"{f}: evaluated on other questions than {files[0][1]} "
+            raise AggregateError(f"{f}: evaluated on other questions than {files[0][1]} "
                              f"(counts {r['counts']} vs {counts}); re-evaluate the seeds on "
                              "the same test split")
     cols = list(counts)
