@@ -58,7 +58,8 @@ class TableSpec:
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
             ci = (intervals or {}).get(method)
             if ci:
-                cells = [f"{_fmt(ci[c][0])}-{_fmt(ci[c][1])}" if c in ci else "-" for c in cols]
+                cells = [f"{_fmt(ci[c][0])}-{_fmt(ci[c][1])}" if c in ci and ci[c][0] == ci[c][0]
+                         else "-" for c in cols]  # NaN: a column without questions
                 lines.append(f"| {CI_LABEL} | " + " | ".join(cells) + " |")
         if counts:
             lines.append("| n | " + " | ".join(str(counts.get(c, "-")) for c in cols) + " |")
