@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from avmaster.data.annotations import assign_head_tail, concat, load_annotations
+from avmaster.atomic import atomic_write_text
+from avmaster.data.annotations import concat, ensure_head_tail, load_annotations
 from avmaster.data.records import QARecord
 from avmaster.data.tables import TableSpec, get_table
 from avmaster.data.vocab import AnswerVocab
-from avmaster.io import atomic_write_text
 from avmaster.paths import resolve
 from avmaster.scoring import PredictionError, read_predictions, score
 from avmaster.seeds import seed_folders
@@ -200,8 +200,8 @@ def main(argv: Sequence[str]) -> int:
     table = args.table or a.table or b.table or "music_avqa"
     if args.annotations:
         records = concat([load_annotations(f, "test") for f in args.annotations], "test").records
-        if table == "music_avqa_r" and records and "head_tail" not in records[0].extra:
-            records = assign_head_tail(records, args.head_tail_ratio)
+        if get_table(table).head_tail:
+            records = ensure_head_tail(records, args.head_tail_ratio)
         if not records:
             raise CompareError("no test questions to compare on")
         result = compare(a, b, records, get_table(table), _vocab(records, args.answers),

@@ -43,7 +43,7 @@ def seed_config(cfg: Config, seed: int) -> Config:
 def train_seeds(cfg: Config, seeds: int) -> Path:
     """Train seeds 0..``seeds``-1 of ``cfg`` and aggregate their test results; returns the
     aggregate JSON (its parent folder when the config has no test split)."""
-    from avmaster.run import train
+    from avmaster.training import train
 
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: give at least 1")
@@ -77,7 +77,7 @@ def evaluate_folder(cfg: Config, folder: Path) -> Path:
     """Evaluate a run folder given as ``ckpt=``: every seed run's checkpoint and their
     aggregate when it holds seed runs, else its own selected checkpoint. Returns the results
     JSON."""
-    from avmaster.run import evaluate
+    from avmaster.training import evaluate
 
     runs = seed_folders(folder) or [folder]
     for run in runs:
