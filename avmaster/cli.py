@@ -80,15 +80,18 @@ def cmd_score(argv: Sequence[str]) -> int:
     p.add_argument("--answers", default="answers/music_avqa.json",
                    help="answer vocabulary (JSON list); ignored for multiple choice")
     p.add_argument("--head-tail-ratio", type=float, default=1.2)
+    p.add_argument("--head-tail-group", default="template", choices=("template", "type"),
+                   help="groups the head/tail rule counts answers in (files without head_tail)")
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     a = p.parse_args(argv)
     from avmaster.data.annotations import assign_head_tail
     from avmaster.metrics import write_results
 
     sets = concat([load_annotations(f, "test") for f in a.annotations], "test")
+    sets.report(logging.getLogger("avmaster.score"))
     records = sets.records
     if a.table == "music_avqa_r" and "head_tail" not in records[0].extra:
-        records = assign_head_tail(records, a.head_tail_ratio)
+        records = assign_head_tail(records, a.head_tail_ratio, a.head_tail_group)
     spec = get_table(a.table)
     vocab = None if records[0].options else AnswerVocab.from_file(resolve(a.answers))
     report = score(read_predictions(a.predictions), records, spec, vocab)

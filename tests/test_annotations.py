@@ -1,5 +1,6 @@
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from avmaster.data.annotations import (
     AnnotationError,
     assign_head_tail,
+    concat,
     load_annotations,
     load_head_tail,
     strip_question,
@@ -67,12 +69,17 @@ def test_v2_quirks(fixtures):
     assert bias[0].extra["person"] is None
 
 
-def test_duplicates_reported(fixtures, caplog):
+def test_duplicates_reported_once_with_ceiling(fixtures, caplog):
     s = load_annotations(fixtures / "music_avqa_original_test_quirks.json")
     assert len(s) == 20
     assert s.duplicates == {"1138": 2, "1219": 2, "1413": 2, "2958": 2, "4452": 2}
     assert sorted(s.conflicting) == ["1138", "1219", "1413", "2958", "4452"]
-    assert "occur more than once" in caplog.text
+    # each conflicting pair shares video and question: one entry of each pair is always wrong
+    assert s.ceiling == pytest.approx(100 * 15 / 20)
+    both = concat([s], "test")
+    both.report()
+    assert caplog.text.count("occur more than once") == 1
+    assert "achievable ceiling 75.00 %" in caplog.text
 
 
 def test_avqa_answer_text_split(fixtures):
@@ -96,6 +103,24 @@ def test_avqa_multiple_choice(tmp_path):
     p.write_text(json.dumps([{**entry, "answer": 4}]))
     with pytest.raises(AnnotationError, match=r"entry 0, field 'answer'"):
         load_annotations(p)
+
+
+def test_avqa_options_with_answer_text(tmp_path, caplog):
+    """Derived AVQA splits (AVQACL) keep the four options but give the answer as text."""
+    base = {"video_name": "v.mp4", "video_id": 1, "question_text": "What plays?",
+            "multi_choice": ["a dog", "Car ", "bird", "piano"], "question_relation": "Both",
+            "question_type": "Which"}
+    entries = [{**base, "id": 1, "answer": "car"}, {**base, "id": 2, "answer": " Bird "},
+               {**base, "id": 3, "answer": "cat"}, {**base, "id": 4, "answer": 3},
+               {**base, "id": 5, "answer": "0"}]
+    p = tmp_path / "avqacl_train.json"
+    p.write_text(json.dumps(entries))
+    s = load_annotations(p)
+    assert [r.answer_index for r in s.records] == [1, 2, None, 3, 0]
+    assert s.records[0].answer == "Car" and s.records[2].answer == "cat"
+    assert s.unmatched == ["3"]
+    s.report()
+    assert "1 answers name none of their options (3)" in caplog.text
 
 
 def _bad(tmp_path: Path, fixtures: Path, **change) -> Path:
@@ -141,17 +166,38 @@ def test_malformed_json(tmp_path):
         load_annotations(p)
 
 
-def test_head_tail_rule(fixtures):
+@pytest.mark.parametrize("group", ["template", "type"])
+def test_head_tail_rule(fixtures, group):
     records = load_annotations(fixtures / "music_avqa_test_sample.json").records
-    marked = assign_head_tail(records, ratio=1.2)
-    for key in {r.type_key for r in records}:
-        group = [r for r in marked if r.type_key == key]
-        counts = Counter(r.answer for r in group)
-        mean = len(group) / len(counts)
-        for r in group:
+    marked = assign_head_tail(records, ratio=1.2, group=group)
+    keyof = (lambda r: (r.type_key, r.template)) if group == "template" else (lambda r: r.type_key)
+    for key in {keyof(r) for r in records}:
+        members = [r for r in marked if keyof(r) == key]
+        counts = Counter(r.answer for r in members)
+        mean = len(members) / len(counts)
+        for r in members:
             assert (r.extra["head_tail"] == "head") == (counts[r.answer] > 1.2 * mean)
-    yes_no = [r for r in marked if r.type_key == "Audio/Comparative"]
-    assert {r.extra["head_tail"] for r in yes_no} <= {"head", "tail"}
+    # "Is the <Object> louder than the <Object>": yes 7, no 2 (mean 4.5): yes is head
+    louder = [r for r in marked if r.template == "Is the <Object> louder than the <Object>?"]
+    if group == "template":
+        assert {r.answer: r.extra["head_tail"] for r in louder} == {"yes": "head", "no": "tail"}
+
+
+def test_head_tail_yes_no_types_get_head_questions(fixtures):
+    """The released head/tail table has head questions in every type, yes/no types included;
+    template groups give them, type groups cannot (two answers: head needs over 60 %)."""
+    sample = load_annotations(fixtures / "music_avqa_test_sample.json").records
+    louder, longer = (next(r for r in sample if r.template == t) for t in (
+        "Is the <Object> louder than the <Object>?",
+        "Is the <Object> playing longer than the <Object>?"))
+    # each template skewed, the type balanced (as MUSIC-AVQA's yes/no types: about 55/45)
+    records = ([replace(louder, answer="yes")] * 7 + [replace(louder, answer="no")] * 3
+               + [replace(longer, answer="yes")] * 3 + [replace(longer, answer="no")] * 7)
+    by_template = assign_head_tail(records, group="template")
+    assert Counter(r.extra["head_tail"] for r in by_template) == {"head": 14, "tail": 6}
+    assert {r.extra["head_tail"] for r in assign_head_tail(records, group="type")} == {"tail"}
+    with pytest.raises(ValueError, match="head/tail group 'video'"):
+        assign_head_tail(records, group="video")
 
 
 def test_head_tail_files(tmp_path, fixtures):
@@ -160,6 +206,17 @@ def test_head_tail_files(tmp_path, fixtures):
     (tmp_path / "t.json").write_text(json.dumps(entries[10:15]))
     s = load_head_tail(tmp_path / "h.json", tmp_path / "t.json")
     assert [r.extra["head_tail"] for r in s.records] == ["head"] * 10 + ["tail"] * 5
+
+
+def test_vocab_spelling_variants(tmp_path, caplog):
+    p = tmp_path / "answers.json"
+    p.write_text(json.dumps(["yes ", "no", "Yes", "two", "Two "]))
+    vocab = AnswerVocab.from_file(p)
+    assert vocab.answers == ["yes", "no", "two"]
+    assert vocab.index("YES") == vocab.index("yes") == 0 and vocab.index(" two") == 2
+    assert "yes" in vocab and "2 answers are spelling variants" in caplog.text
+    with pytest.raises(ValueError, match="more than once"):
+        AnswerVocab(["a", "b", "a"])
 
 
 def test_vocab(fixtures):
