@@ -15,6 +15,7 @@ commands:
   eval     ckpt=FILE [data=NAME] [key=value ...]                 per-type table of a checkpoint
   score    --predictions FILE --annotations FILE [...]            score a predictions file
   extract  --videos DIR --annotations FILE ... --out DIR         features to HDF5 (see --help)
+  import-features --release NAME --npy DIR --out DIR    released .npy features into the store
   demo     [--out DIR] [--quick]                    synthetic data -> extract -> train -> eval
   predict  VIDEO "question" --ckpt FILE                       answer a question about a video
   explain  VIDEO "question" --ckpt FILE --out FILE.png   focus over time, modality preference
@@ -115,6 +116,7 @@ COMMANDS = {
     "score": cmd_score,
     "config": cmd_config,
     "extract": _delegate("avmaster.extract.runner"),
+    "import-features": _delegate("avmaster.extract.importer"),
     "demo": _delegate("avmaster.demo"),
     "predict": _delegate("avmaster.predict"),
     "explain": _delegate("avmaster.explain"),
