@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from avmaster.data.records import QARecord
-from avmaster.data.vocab import UNKNOWN, AnswerVocab
-from avmaster.metrics import GroupedAccuracy, TableSpec
+from avmaster.data.tables import TableSpec
+from avmaster.data.vocab import NO_LABEL, AnswerVocab
+from avmaster.metrics import GroupedAccuracy
 
 ID_KEYS = ("question_id", "id", "qid")
 ANSWER_KEYS = ("answer", "prediction", "pred", "text", "output", "response")
@@ -56,7 +57,7 @@ class AnswerMapper:
         self._phrases = sorted(self._exact.items(), key=lambda kv: -len(kv[0]))
 
     def __call__(self, text: str) -> int:
-        """Index of the answer ``text`` names, or :data:`UNKNOWN`.
+        """Index of the answer ``text`` names, or :data:`NO_LABEL`.
 
         Order: the ``<answer>`` tags' content if present (tags naming different answers:
         ambiguous); an exact match after :func:`normalise`; else the answer phrase in the text,
@@ -67,7 +68,7 @@ class AnswerMapper:
         tags = ANSWER_TAG.findall(text)
         if len(tags) > 1:
             found = {self._one(t) for t in tags}
-            return found.pop() if len(found) == 1 else UNKNOWN
+            return found.pop() if len(found) == 1 else NO_LABEL
         return self._one(tags[0] if tags else text)
 
     def _one(self, text: str) -> int:
@@ -82,7 +83,7 @@ class AnswerMapper:
                     found.add(i)
                 padded = padded[: start + 1] + "#" * len(phrase) + padded[start + 1 + len(phrase):]
                 start = padded.find(f" {phrase} ")
-        return found.pop() if len(found) == 1 else UNKNOWN
+        return found.pop() if len(found) == 1 else NO_LABEL
 
 
 def _in_range(padded: str, start: int, end: int) -> bool:
@@ -170,25 +171,25 @@ def score(predictions: dict[str, str | int | None], records: Sequence[QARecord],
     for r in records:
         raw = predictions.get(r.question_id)
         if r.options:
-            target = r.answer_index if r.answer_index is not None else UNKNOWN
+            target = r.answer_index if r.answer_index is not None else NO_LABEL
             if isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit()):
                 p = int(raw)
             else:
-                p = AnswerMapper(r.options)(str(raw)) if raw is not None else UNKNOWN
+                p = AnswerMapper(r.options)(str(raw)) if raw is not None else NO_LABEL
         else:
             assert mapper is not None and vocab is not None, "open-ended scoring needs a vocab"
             target = vocab.index(r.answer)
-            p = mapper(str(raw)) if raw is not None else UNKNOWN
+            p = mapper(str(raw)) if raw is not None else NO_LABEL
         if r.question_id not in predictions:
             missing.append(r.question_id)
         elif raw is None:
             null.append(r.question_id)
-        elif p == UNKNOWN:
+        elif p == NO_LABEL:
             unmapped.append(r.question_id)
         pred.append(p)
         label.append(target)
         group.append(spec.group_of(r))
-    metric = GroupedAccuracy(spec)  # an UNKNOWN label never counts as correct
+    metric = GroupedAccuracy(spec)  # a NO_LABEL label never counts as correct
     metric.update(torch.tensor(pred), torch.tensor(label), torch.tensor(group))
     ids = {r.question_id for r in records}
     return ScoreReport(metric.compute(), metric.counts(), missing, unmapped, null,

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from avmaster.data.annotations import load_annotations
-from avmaster.data.vocab import UNKNOWN, AnswerVocab
-from avmaster.metrics import get_table
+from avmaster.data.tables import get_table
+from avmaster.data.vocab import NO_LABEL, AnswerVocab
 from avmaster.scoring import AnswerMapper, PredictionError, read_predictions, score
 
 
@@ -23,20 +23,20 @@ def test_mapper_free_text(vocab):
     assert m("2") == idx("two")
     assert m("There are more than ten instruments") == idx("more than ten")
     assert m("The sound comes from the left.") == idx("left")
-    assert m("left or right, hard to say") == UNKNOWN  # two different answers: ambiguous
-    assert m("a banana") == UNKNOWN
+    assert m("left or right, hard to say") == NO_LABEL  # two different answers: ambiguous
+    assert m("a banana") == NO_LABEL
     assert m("Electric-bass") == idx("electric_bass")
 
 
 def test_mapper_two_answers_and_ranges(vocab):
     m, idx = AnswerMapper(vocab.answers), vocab.index
-    assert m("<answer>two</answer> ... <answer>three</answer>") == UNKNOWN
+    assert m("<answer>two</answer> ... <answer>three</answer>") == NO_LABEL
     assert m("<answer>two</answer> so <answer>2</answer>") == idx("two")
-    assert m("It is the cello, not the violin") == UNKNOWN
+    assert m("It is the cello, not the violin") == NO_LABEL
     for text in ("over ten", "ten or more", "There are at least ten.", "10+ instruments",
                  "up to 10"):
         assert m(text) != idx("ten"), text
-    assert m("over ten") == UNKNOWN and m("ten or more") == UNKNOWN
+    assert m("over ten") == NO_LABEL and m("ten or more") == NO_LABEL
     assert m("more than ten") == idx("more than ten") and m("ten") == idx("ten")
 
 

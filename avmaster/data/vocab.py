@@ -12,7 +12,10 @@ from avmaster.data.records import QARecord
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = -1  # label of an answer outside the vocabulary: ignored by the losses, scored wrong
+# The one "no label" value: an answer outside the vocabulary (or a multiple-choice question
+# without its answer). The losses leave it out; the metrics score it wrong.
+NO_LABEL = -1
+UNKNOWN = NO_LABEL  # the earlier name, kept importable
 
 
 def answer_key(text: str) -> str:
@@ -22,7 +25,7 @@ def answer_key(text: str) -> str:
 
 
 class AnswerVocab:
-    """An ordered list of answers. ``index(a)`` is :data:`UNKNOWN` for answers it lacks.
+    """An ordered list of answers. ``index(a)`` is :data:`NO_LABEL` for answers it lacks.
 
     Answers are matched by :func:`answer_key`; spellings of one answer in the list (trailing
     space, case) are one class, spelled as first listed.
@@ -71,7 +74,7 @@ class AnswerVocab:
         return cls(sorted(counts, key=lambda a: (-counts[a], a)))
 
     def index(self, answer: str) -> int:
-        return self._index.get(answer_key(answer), UNKNOWN)
+        return self._index.get(answer_key(answer), NO_LABEL)
 
     def __contains__(self, answer: str) -> bool:
         return answer_key(answer) in self._index
