@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import shutil
+import signal
 import sys
 import time
 from collections import Counter
@@ -48,7 +49,6 @@ from avmaster.data.store import (
 )
 from avmaster.extract.config import PARTS_DIR, settings_hash
 from avmaster.extract.parts import PART_BYTES, list_parts, video_ids_in
-from avmaster.extract.runner import INTERRUPTED
 from avmaster.extract.text import collect_texts
 from avmaster.io import atomic_write_text
 from avmaster.paths import config_dirs
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 RELEASES_DIR = "releases"
 IMPORT_PART = "import"
 LAYOUTS = ("vector", "class_and_patches")
+INTERRUPTED = 128 + signal.SIGINT  # exit status after Ctrl-C, as shells report it
 SHOWN = 8  # ids listed in the report before "... (+N more)"
 PATCH_LAYOUT = "row = one second: tokens_per_frame x token_dim, row-major; class token excluded"
 
