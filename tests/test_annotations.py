@@ -226,3 +226,19 @@ def test_vocab(fixtures):
     built = AnswerVocab.from_records(records)
     top = Counter(r.answer for r in records).most_common(1)[0][0]
     assert built[0] == top and set(built.answers) == {r.answer for r in records}
+
+
+def test_datamodule_counts_head_tail_in_the_configured_groups(fixtures):
+    from avmaster.data.config import DataConfig
+    from avmaster.data.datamodule import AVQADataModule
+
+    records = load_annotations(fixtures / "music_avqa_test_sample.json").records
+    marks = {g: [r.extra["head_tail"] for r in assign_head_tail(records, group=g)]
+             for g in ("template", "type")}
+    assert marks["template"] != marks["type"]  # the sample tells the two apart
+    for group in ("template", "type"):
+        cfg = DataConfig(table="music_avqa_r", annotations_dir=str(fixtures),
+                         test=["music_avqa_test_sample.json"], head_tail_group=group)
+        loaded = AVQADataModule(cfg).load_split("test").records
+        expect = assign_head_tail(records, group=group)
+        assert [r.extra["head_tail"] for r in loaded] == [r.extra["head_tail"] for r in expect]

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from avmaster.cli import main
 from avmaster.data.annotations import load_annotations
 from avmaster.data.tables import get_table
 from avmaster.data.vocab import NO_LABEL, AnswerVocab
@@ -50,6 +51,16 @@ def test_score_null_answers(tmp_path, fixtures, vocab):
     assert len(rep.null) == 4 and not rep.missing and not rep.unmapped
     assert '4 predictions with a null answer ("answer": null' in rep.summary()
     assert rep.accuracy["avg"] == pytest.approx(100 * (len(s) - 4) / len(s))
+
+
+def test_score_cli_duplicates_once_with_ceiling(tmp_path, fixtures, caplog, capsys):
+    quirks = fixtures / "music_avqa_original_test_quirks.json"
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps({"question_id": r.question_id, "answer": r.answer}) + "\n"
+                             for r in load_annotations(quirks).records))
+    assert main(["score", "--predictions", str(preds), "--annotations", str(quirks)]) == 0
+    assert caplog.text.count("occur more than once") == 1
+    assert "achievable ceiling 75.00 %" in caplog.text
 
 
 def test_score_jsonl_with_free_text_and_missing(tmp_path, fixtures, vocab):
