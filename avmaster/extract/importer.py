@@ -42,6 +42,7 @@ from avmaster.data.store import (
     atomic_h5,
     base_attrs,
     check_same_encoder,
+    decode_name,
     encode_name,
     pad_or_trim,
     read_attrs,
@@ -201,7 +202,7 @@ def part_ids(folder: Path) -> dict[str, Path]:
     for part in list_parts(folder, IMPORT_PART):
         try:
             with h5py.File(part, "r") as f:
-                out.update(dict.fromkeys((k for k in f["rows"]), part))
+                out.update(dict.fromkeys((decode_name(k) for k in f["rows"]), part))
         except (OSError, KeyError) as e:
             log.warning("%s: unreadable part ignored (%s); its videos are imported again", part, e)
     return out
