@@ -65,7 +65,7 @@ def cmd_config(argv: Sequence[str]) -> int:
 def cmd_score(argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from avmaster.data.annotations import concat, load_annotations
+    from avmaster.data.annotations import HEAD_TAIL_GROUPS, concat, load_annotations
     from avmaster.data.tables import get_table
     from avmaster.data.vocab import AnswerVocab
     from avmaster.paths import resolve
@@ -81,7 +81,7 @@ def cmd_score(argv: Sequence[str]) -> int:
     p.add_argument("--answers", default="answers/music_avqa.json",
                    help="answer vocabulary (JSON list); ignored for multiple choice")
     p.add_argument("--head-tail-ratio", type=float, default=1.2)
-    p.add_argument("--head-tail-group", default="template", choices=("template", "type"),
+    p.add_argument("--head-tail-group", default="template", choices=HEAD_TAIL_GROUPS,
                    help="groups the head/tail rule counts answers in (files without head_tail)")
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     a = p.parse_args(argv)

@@ -14,8 +14,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from avmaster.data.config import HeadTailGroup
 from avmaster.data.records import AVQA_TYPES, MUSIC_AVQA_TYPES, QARecord
 from avmaster.data.vocab import answer_key
 
@@ -292,7 +293,7 @@ def concat(sets: Sequence[AnnotationSet], split: str) -> AnnotationSet:
                          conflicting, _unmatched(records))
 
 
-HEAD_TAIL_GROUPS = ("template", "type")
+HEAD_TAIL_GROUPS: tuple[str, ...] = get_args(HeadTailGroup)
 
 
 def head_tail_group(r: QARecord, group: str) -> str:
