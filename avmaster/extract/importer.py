@@ -256,6 +256,9 @@ def _convert(cfg: ImportConfig, release: Release, files: dict[str, Path], pendin
                 raise ImportFeaturesError(f"{files[vid]}: not a readable .npy array ({e}); "
                                           "re-download it or remove it") from e
             fitted = fit_array(arr, release, files[vid])
+            fitted.rows = fitted.rows.astype(cfg.dtype)  # buffered as stored: half the memory
+            if fitted.patches is not None:
+                fitted.patches = fitted.patches.astype(cfg.dtype)
             batch.append((vid, fitted))
             nbytes += fitted.rows.nbytes + (0 if fitted.patches is None
                                             else fitted.patches.nbytes)
