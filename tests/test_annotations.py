@@ -148,6 +148,11 @@ def test_bad_input_names_file_entry_field(tmp_path, fixtures):
         load_annotations(p)
 
     entries = json.loads(p.read_text())
+    entries[1]["anser"] = None
+    p.write_text(json.dumps(entries))
+    with pytest.raises(AnnotationError, match=r"entry 1, field 'anser': is null; every entry"):
+        load_annotations(p)
+    entries[1]["anser"] = "yes"
     del entries[2]["anser"]
     p.write_text(json.dumps(entries))
     with pytest.raises(AnnotationError, match=r"entry 2, field 'anser'"):

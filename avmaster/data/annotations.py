@@ -146,8 +146,10 @@ def detect_format(entries: Sequence[dict[str, Any]], path: Path | str) -> str:
 
 
 def _require(entry: dict[str, Any], key: str, path: Path, i: int) -> Any:
-    if key not in entry or entry[key] is None:
+    if key not in entry:
         raise AnnotationError(path, "missing; every entry needs it", i, key)
+    if entry[key] is None:
+        raise AnnotationError(path, "is null; every entry needs a value here", i, key)
     return entry[key]
 
 
@@ -176,9 +178,10 @@ def _json_list_field(value: Any, path: Path, i: int, key: str) -> list[Any]:
 def _music_record(entry: dict[str, Any], path: Path, i: int, split: str) -> QARecord:
     video_id = str(_require(entry, "video_id", path, i))
     template = str(_require(entry, "question_content", path, i))
-    answer = entry.get("anser", entry.get("answer"))
-    if answer is None:
+    key = "anser" if "anser" in entry else "answer" if "answer" in entry else None
+    if key is None:
         raise AnnotationError(path, "missing; MUSIC-AVQA spells the answer key 'anser'", i, "anser")
+    answer = _require(entry, key, path, i)
     qtype = _json_list_field(_require(entry, "type", path, i), path, i, "type")
     if len(qtype) != 2 or (qtype[0], qtype[1]) not in KNOWN_MUSIC_TYPES:
         known = ", ".join(f"{m}/{q}" for m, q, _ in MUSIC_AVQA_TYPES)
