@@ -139,6 +139,11 @@ def test_bad_files_named(tmp_path, capsys):
     assert "b.npy: dtype int64, want floating point" in capsys.readouterr().err
     assert run_import("no_such_release", folder, tmp_path / "f") == 2
     assert "known: clip_vit_l14_336" in capsys.readouterr().err
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("modality: audio\nencoder: vggish\npretrained: x\ndim: 128\nfile: a.h5\n"
+                    "source: x\nfps_: 1\n")
+    assert run_import(str(typo), folder, tmp_path / "f") == 2
+    assert f"{typo}: Key 'fps_' not in 'Release'" in capsys.readouterr().err
 
 
 def test_one_store_two_sources(tmp_path, capsys):
