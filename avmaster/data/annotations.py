@@ -74,8 +74,9 @@ class AnnotationSet:
         """The highest achievable accuracy (%): entries that share a question id, video and
         question but disagree on the answer cannot all be scored correct by one prediction."""
         by_input: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
+        conflicting = set(self.conflicting)
         for r in self.records:
-            if r.question_id in self.conflicting:
+            if r.question_id in conflicting:
                 by_input[(r.question_id, r.video_id, r.question)][r.answer] += 1
         lost = sum(sum(c.values()) - max(c.values()) for c in by_input.values())
         return 100.0 * (len(self.records) - lost) / max(len(self.records), 1)
