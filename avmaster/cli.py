@@ -35,7 +35,7 @@ def _config_args(argv: Sequence[str], prog: str) -> tuple[str | None, list[str]]
 
 def cmd_train(argv: Sequence[str]) -> int:
     from avmaster.config import load_config
-    from avmaster.run import train
+    from avmaster.training import train
 
     cfg = load_config(*_config_args(argv, "train"))
     result = train(cfg)
@@ -45,7 +45,7 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 def cmd_eval(argv: Sequence[str]) -> int:
     from avmaster.config import load_config
-    from avmaster.run import evaluate
+    from avmaster.training import evaluate
 
     cfg = load_config(*_config_args(argv, "eval"))
     evaluate(cfg)
@@ -65,7 +65,12 @@ def cmd_config(argv: Sequence[str]) -> int:
 def cmd_score(argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from avmaster.data.annotations import HEAD_TAIL_GROUPS, concat, load_annotations
+    from avmaster.data.annotations import (
+        HEAD_TAIL_GROUPS,
+        concat,
+        ensure_head_tail,
+        load_annotations,
+    )
     from avmaster.data.tables import get_table
     from avmaster.data.vocab import AnswerVocab
     from avmaster.paths import resolve
@@ -85,15 +90,14 @@ def cmd_score(argv: Sequence[str]) -> int:
                    help="groups the head/tail rule counts answers in (files without head_tail)")
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     a = p.parse_args(argv)
-    from avmaster.data.annotations import assign_head_tail
     from avmaster.metrics import write_results
 
     sets = concat([load_annotations(f, "test") for f in a.annotations], "test")
     sets.report(logging.getLogger("avmaster.score"))
-    records = sets.records
-    if a.table == "music_avqa_r" and "head_tail" not in records[0].extra:
-        records = assign_head_tail(records, a.head_tail_ratio, a.head_tail_group)
     spec = get_table(a.table)
+    records = sets.records
+    if spec.head_tail:
+        records = ensure_head_tail(records, a.head_tail_ratio, a.head_tail_group)
     vocab = None if records[0].options else AnswerVocab.from_file(resolve(a.answers))
     report = score(read_predictions(a.predictions), records, spec, vocab)
     print(spec.markdown({Path(a.predictions).stem: report.accuracy}))

@@ -327,6 +327,15 @@ def assign_head_tail(records: Sequence[QARecord], ratio: float = 1.2,
                         else "tail") for r in records]
 
 
+def ensure_head_tail(records: Sequence[QARecord], ratio: float = 1.2,
+                     group: str = "template") -> list[QARecord]:
+    """Records with a head/tail label each: kept when every record has one (MUSIC-AVQA-R's
+    head and tail files, or a ``head_tail`` field), else :func:`assign_head_tail` for all."""
+    if records and all("head_tail" in r.extra for r in records):
+        return list(records)
+    return assign_head_tail(records, ratio, group)
+
+
 def load_head_tail(head: Path | str, tail: Path | str, split: str = "test") -> AnnotationSet:
     """MUSIC-AVQA-R as released: one file of head questions, one of tail questions."""
     parts = []

@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 from tqdm import tqdm
 
+from avmaster.atomic import atomic_write_text
 from avmaster.data.annotations import AnnotationError
 from avmaster.data.store import (
     IMPORTED,
@@ -51,7 +52,6 @@ from avmaster.data.store import (
 from avmaster.extract.config import PARTS_DIR, settings_hash
 from avmaster.extract.parts import PART_BYTES, list_parts, video_ids_in
 from avmaster.extract.text import collect_texts
-from avmaster.io import atomic_write_text
 from avmaster.paths import config_dirs
 
 log = logging.getLogger(__name__)
