@@ -4,6 +4,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import make_features
 
 from avmaster.data.annotations import (
     AnnotationError,
@@ -14,7 +15,10 @@ from avmaster.data.annotations import (
     load_head_tail,
     strip_question,
 )
+from avmaster.data.dataset import QADataset
 from avmaster.data.records import MUSIC_AVQA_TYPES
+from avmaster.data.store import TextFeatures, VideoFeatures
+from avmaster.data.tables import get_table
 from avmaster.data.vocab import NO_LABEL, AnswerVocab
 
 MUSIC_FILES = [
@@ -122,6 +126,12 @@ def test_avqa_options_with_answer_text(tmp_path, caplog):
     assert s.unmatched == ["3"]
     s.report()
     assert "1 answers name none of their options (3)" in caplog.text
+    # the unmatched answer is left out of the losses and scored wrong: its label is NO_LABEL
+    paths = make_features(tmp_path / "features", s.records)
+    data = QADataset(s.records, None, VideoFeatures(paths["visual"], 6),
+                     VideoFeatures(paths["audio"], 6), TextFeatures(paths["text"]),
+                     get_table("avqa"))
+    assert data.labels.tolist() == [1, 2, NO_LABEL, 3, 0]
 
 
 def _bad(tmp_path: Path, fixtures: Path, **change) -> Path:
