@@ -17,6 +17,7 @@ commands:
   score    --predictions FILE --annotations FILE [...]            score a predictions file
   compare  A B [--annotations FILE ...]    paired comparison of two predictions files or runs
   extract  --videos DIR --annotations FILE ... --out DIR         features to HDF5 (see --help)
+  import-features --release NAME --npy DIR --out DIR    released .npy features into the store
   demo     [--out DIR] [--quick]                    synthetic data -> extract -> train -> eval
   predict  VIDEO "question" --ckpt FILE                       answer a question about a video
   explain  VIDEO "question" --ckpt FILE --out FILE.png   focus over time, modality preference
@@ -87,7 +88,12 @@ def cmd_config(argv: Sequence[str]) -> int:
 def cmd_score(argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from avmaster.data.annotations import concat, ensure_head_tail, load_annotations
+    from avmaster.data.annotations import (
+        HEAD_TAIL_GROUPS,
+        concat,
+        ensure_head_tail,
+        load_annotations,
+    )
     from avmaster.data.tables import get_table
     from avmaster.data.vocab import AnswerVocab
     from avmaster.metrics import intervals_of
@@ -104,15 +110,18 @@ def cmd_score(argv: Sequence[str]) -> int:
     p.add_argument("--answers", default="answers/music_avqa.json",
                    help="answer vocabulary (JSON list); ignored for multiple choice")
     p.add_argument("--head-tail-ratio", type=float, default=1.2)
+    p.add_argument("--head-tail-group", default="template", choices=HEAD_TAIL_GROUPS,
+                   help="groups the head/tail rule counts answers in (files without head_tail)")
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     a = p.parse_args(argv)
     from avmaster.metrics import write_results
 
     sets = concat([load_annotations(f, "test") for f in a.annotations], "test")
+    sets.report(logging.getLogger("avmaster.score"))
     spec = get_table(a.table)
     records = sets.records
     if spec.head_tail:
-        records = ensure_head_tail(records, a.head_tail_ratio)
+        records = ensure_head_tail(records, a.head_tail_ratio, a.head_tail_group)
     vocab = None if records[0].options else AnswerVocab.from_file(resolve(a.answers))
     report = score(read_predictions(a.predictions), records, spec, vocab)
     rows = {Path(a.predictions).stem: report.accuracy}
@@ -137,6 +146,7 @@ COMMANDS = {
     "config": cmd_config,
     "compare": _delegate("avmaster.compare"),
     "extract": _delegate("avmaster.extract.runner"),
+    "import-features": _delegate("avmaster.extract.importer"),
     "demo": _delegate("avmaster.demo"),
     "predict": _delegate("avmaster.predict"),
     "explain": _delegate("avmaster.explain"),

@@ -27,6 +27,11 @@ ANSWER_KEYS = ("answer", "prediction", "pred", "text", "output", "response")
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 NUMBERS = {str(i): w for i, w in enumerate(
     ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])}
+# Words that turn a number into a range ("over ten", "ten or more"): the text then names no
+# single count, so the bare number inside it is not taken as the answer.
+RANGE_BEFORE = ("over", "above", "more than", "at least", "less than", "fewer than", "under",
+                "up to", "below")
+RANGE_AFTER = ("or more", "or less", "or fewer", "plus", "or above", "and above")
 
 
 class PredictionError(ValueError):
@@ -34,8 +39,9 @@ class PredictionError(ValueError):
 
 
 def normalise(text: str) -> str:
-    """Lower case, underscores and hyphens as spaces, punctuation dropped, digits as words."""
-    text = text.lower().replace("_", " ").replace("-", " ")
+    """Lower case, underscores and hyphens as spaces, ``+`` as "plus", punctuation dropped,
+    digits as words."""
+    text = text.lower().replace("_", " ").replace("-", " ").replace("+", " plus ")
     text = re.sub(r"[^\w\s]", " ", text)
     words = [NUMBERS.get(w, w) for w in text.split()]
     return " ".join(words)
@@ -53,25 +59,44 @@ class AnswerMapper:
     def __call__(self, text: str) -> int:
         """Index of the answer ``text`` names, or :data:`NO_LABEL`.
 
-        Order: the ``<answer>`` tag's content if present; an exact match after
-        :func:`normalise`; else the answer phrase occurring first in the text, when exactly one
-        distinct answer occurs (text naming two different answers is ambiguous: scored wrong).
+        Order: the ``<answer>`` tags' content if present (tags naming different answers:
+        ambiguous); an exact match after :func:`normalise`; else the answer phrase in the text,
+        when exactly one distinct answer occurs (text naming two different answers is
+        ambiguous: scored wrong). A number inside a range ("over ten", "ten or more") that is
+        not itself an answer names no answer.
         """
-        tag = ANSWER_TAG.search(text)
-        norm = normalise(tag.group(1) if tag else text)
+        tags = ANSWER_TAG.findall(text)
+        if len(tags) > 1:
+            found = {self._one(t) for t in tags}
+            return found.pop() if len(found) == 1 else NO_LABEL
+        return self._one(tags[0] if tags else text)
+
+    def _one(self, text: str) -> int:
+        norm = normalise(text)
         if norm in self._exact:
             return self._exact[norm]
-        padded, found = f" {norm} ", []
+        padded, found = f" {norm} ", set()
         for phrase, i in self._phrases:
-            pos = padded.find(f" {phrase} ")
-            if pos >= 0:
-                found.append((pos, i))
-                padded = padded.replace(f" {phrase} ", " " + "#" * len(phrase) + " ")
-        return found[0][1] if len({i for _, i in found}) == 1 else NO_LABEL
+            start = padded.find(f" {phrase} ")
+            while start >= 0:
+                if not _in_range(padded, start + 1, start + 1 + len(phrase)):
+                    found.add(i)
+                padded = padded[: start + 1] + "#" * len(phrase) + padded[start + 1 + len(phrase):]
+                start = padded.find(f" {phrase} ")
+        return found.pop() if len(found) == 1 else NO_LABEL
 
 
-def read_predictions(path: Path | str) -> dict[str, str | int]:
-    """Question id -> raw prediction (text or option index)."""
+def _in_range(padded: str, start: int, end: int) -> bool:
+    """True when the phrase at ``padded[start:end]`` is a number qualified as a range."""
+    if padded[start:end] not in NUMBERS.values():
+        return False
+    before, after = padded[:start].rstrip(), padded[end:].lstrip()
+    return (any(before.endswith(f" {w}") or before == w for w in RANGE_BEFORE)
+            or any(after.startswith(f"{w} ") or after == w for w in RANGE_AFTER))
+
+
+def read_predictions(path: Path | str) -> dict[str, str | int | None]:
+    """Question id -> raw prediction (text or option index; ``None`` for a JSON null)."""
     path = Path(path)
     if not path.exists():
         raise PredictionError(f"{path}: predictions file not found")
@@ -96,17 +121,18 @@ def read_predictions(path: Path | str) -> dict[str, str | int]:
                 raise PredictionError(f"{path}, line {n}: not JSON ({e.msg}); expected one "
                                       'object per line like {"question_id": 1, "answer": "two"}'
                                       ) from e
-    out: dict[str, str | int] = {}
+    out: dict[str, str | int | None] = {}
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise PredictionError(f"{path}, entry {n}: expected a JSON object")
         qid = next((row[k] for k in ID_KEYS if k in row), None)
-        ans = next((row[k] for k in ANSWER_KEYS if k in row), None)
+        key = next((k for k in ANSWER_KEYS if k in row), None)
         if qid is None:
             raise PredictionError(f"{path}, entry {n}: no question id field (one of {ID_KEYS})")
-        if ans is None:
+        if key is None:
             raise PredictionError(f"{path}, entry {n}, question {qid}: no answer field (one of "
                                   f"{ANSWER_KEYS})")
+        ans = row[key]  # null is kept: scored wrong and counted as a null answer
         qid = str(int(qid)) if isinstance(qid, float) and qid.is_integer() else str(qid)
         out[qid] = ans
     return out
@@ -118,6 +144,7 @@ class ScoreReport:
     counts: dict[str, int]
     missing: list[str] = field(default_factory=list)
     unmapped: list[str] = field(default_factory=list)
+    null: list[str] = field(default_factory=list)
     extra: int = 0
     hits: list[bool] = field(default_factory=list)  # per question, in the records' order
     groups: list[int] = field(default_factory=list)  # per question: its group in the spec
@@ -127,19 +154,23 @@ class ScoreReport:
         parts = [f"{sum(1 for _ in self.counts)} columns"]
         if self.missing:
             parts.append(f"{len(self.missing)} questions without a prediction (scored wrong)")
+        if self.null:
+            parts.append(f'{len(self.null)} predictions with a null answer ("answer": null; '
+                         f"scored wrong), e.g. question {self.null[0]}")
         if self.unmapped:
-            parts.append(f"{len(self.unmapped)} predictions that name no answer (scored wrong)")
+            parts.append(f"{len(self.unmapped)} predictions that name no answer or several "
+                         "(scored wrong)")
         if self.extra:
             parts.append(f"{self.extra} predictions for questions not in the annotations (ignored)")
         return "; ".join(parts)
 
 
-def score(predictions: dict[str, str | int], records: Sequence[QARecord], spec: TableSpec,
+def score(predictions: dict[str, str | int | None], records: Sequence[QARecord], spec: TableSpec,
           vocab: AnswerVocab | None) -> ScoreReport:
     """Per-type accuracy of ``predictions`` on ``records`` (vocab: open-ended answers)."""
     mapper = AnswerMapper(vocab.answers) if vocab is not None else None
     pred, label, group = [], [], []
-    missing, unmapped = [], []
+    missing, unmapped, null = [], [], []
     for r in records:
         raw = predictions.get(r.question_id)
         if r.options:
@@ -152,17 +183,19 @@ def score(predictions: dict[str, str | int], records: Sequence[QARecord], spec: 
             assert mapper is not None and vocab is not None, "open-ended scoring needs a vocab"
             target = vocab.index(r.answer)
             p = mapper(str(raw)) if raw is not None else NO_LABEL
-        if raw is None:
+        if r.question_id not in predictions:
             missing.append(r.question_id)
+        elif raw is None:
+            null.append(r.question_id)
         elif p == NO_LABEL:
             unmapped.append(r.question_id)
         pred.append(p)
         label.append(target)
         group.append(spec.group_of(r))
-    metric = GroupedAccuracy(spec)  # an NO_LABEL label never counts as correct
+    metric = GroupedAccuracy(spec)  # a NO_LABEL label never counts as correct
     metric.update(torch.tensor(pred), torch.tensor(label), torch.tensor(group))
     ids = {r.question_id for r in records}
     hits = [p == t and t != NO_LABEL for p, t in zip(pred, label, strict=True)]
-    return ScoreReport(metric.compute(), metric.counts(), missing, unmapped,
+    return ScoreReport(metric.compute(), metric.counts(), missing, unmapped, null,
                        sum(1 for q in predictions if q not in ids), hits, group,
                        [r.question_id for r in records])

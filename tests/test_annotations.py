@@ -1,18 +1,24 @@
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import make_features
 
 from avmaster.data.annotations import (
     AnnotationError,
     assign_head_tail,
+    concat,
     ensure_head_tail,
     load_annotations,
     load_head_tail,
     strip_question,
 )
+from avmaster.data.dataset import QADataset
 from avmaster.data.records import MUSIC_AVQA_TYPES
+from avmaster.data.store import TextFeatures, VideoFeatures
+from avmaster.data.tables import get_table
 from avmaster.data.vocab import NO_LABEL, AnswerVocab
 
 MUSIC_FILES = [
@@ -68,12 +74,17 @@ def test_v2_quirks(fixtures):
     assert bias[0].extra["person"] is None
 
 
-def test_duplicates_reported(fixtures, caplog):
+def test_duplicates_reported_once_with_ceiling(fixtures, caplog):
     s = load_annotations(fixtures / "music_avqa_original_test_quirks.json")
     assert len(s) == 20
     assert s.duplicates == {"1138": 2, "1219": 2, "1413": 2, "2958": 2, "4452": 2}
     assert sorted(s.conflicting) == ["1138", "1219", "1413", "2958", "4452"]
-    assert "occur more than once" in caplog.text
+    # each conflicting pair shares video and question: one entry of each pair is always wrong
+    assert s.ceiling == pytest.approx(100 * 15 / 20)
+    both = concat([s], "test")
+    both.report()
+    assert caplog.text.count("occur more than once") == 1
+    assert "achievable ceiling 75.00 %" in caplog.text
 
 
 def test_avqa_answer_text_split(fixtures):
@@ -97,6 +108,30 @@ def test_avqa_multiple_choice(tmp_path):
     p.write_text(json.dumps([{**entry, "answer": 4}]))
     with pytest.raises(AnnotationError, match=r"entry 0, field 'answer'"):
         load_annotations(p)
+
+
+def test_avqa_options_with_answer_text(tmp_path, caplog):
+    """Derived AVQA splits (AVQACL) keep the four options but give the answer as text."""
+    base = {"video_name": "v.mp4", "video_id": 1, "question_text": "What plays?",
+            "multi_choice": ["a dog", "Car ", "bird", "piano"], "question_relation": "Both",
+            "question_type": "Which"}
+    entries = [{**base, "id": 1, "answer": "car"}, {**base, "id": 2, "answer": " Bird "},
+               {**base, "id": 3, "answer": "cat"}, {**base, "id": 4, "answer": 3},
+               {**base, "id": 5, "answer": "0"}]
+    p = tmp_path / "avqacl_train.json"
+    p.write_text(json.dumps(entries))
+    s = load_annotations(p)
+    assert [r.answer_index for r in s.records] == [1, 2, None, 3, 0]
+    assert s.records[0].answer == "Car" and s.records[2].answer == "cat"
+    assert s.unmatched == ["3"]
+    s.report()
+    assert "1 answers name none of their options (3)" in caplog.text
+    # the unmatched answer is left out of the losses and scored wrong: its label is NO_LABEL
+    paths = make_features(tmp_path / "features", s.records)
+    data = QADataset(s.records, None, VideoFeatures(paths["visual"], 6),
+                     VideoFeatures(paths["audio"], 6), TextFeatures(paths["text"]),
+                     get_table("avqa"))
+    assert data.labels.tolist() == [1, 2, NO_LABEL, 3, 0]
 
 
 def _bad(tmp_path: Path, fixtures: Path, **change) -> Path:
@@ -124,6 +159,11 @@ def test_bad_input_names_file_entry_field(tmp_path, fixtures):
         load_annotations(p)
 
     entries = json.loads(p.read_text())
+    entries[1]["anser"] = None
+    p.write_text(json.dumps(entries))
+    with pytest.raises(AnnotationError, match=r"entry 1, field 'anser': is null; every entry"):
+        load_annotations(p)
+    entries[1]["anser"] = "yes"
     del entries[2]["anser"]
     p.write_text(json.dumps(entries))
     with pytest.raises(AnnotationError, match=r"entry 2, field 'anser'"):
@@ -142,17 +182,38 @@ def test_malformed_json(tmp_path):
         load_annotations(p)
 
 
-def test_head_tail_rule(fixtures):
+@pytest.mark.parametrize("group", ["template", "type"])
+def test_head_tail_rule(fixtures, group):
     records = load_annotations(fixtures / "music_avqa_test_sample.json").records
-    marked = assign_head_tail(records, ratio=1.2)
-    for key in {r.type_key for r in records}:
-        group = [r for r in marked if r.type_key == key]
-        counts = Counter(r.answer for r in group)
-        mean = len(group) / len(counts)
-        for r in group:
+    marked = assign_head_tail(records, ratio=1.2, group=group)
+    keyof = (lambda r: (r.type_key, r.template)) if group == "template" else (lambda r: r.type_key)
+    for key in {keyof(r) for r in records}:
+        members = [r for r in marked if keyof(r) == key]
+        counts = Counter(r.answer for r in members)
+        mean = len(members) / len(counts)
+        for r in members:
             assert (r.extra["head_tail"] == "head") == (counts[r.answer] > 1.2 * mean)
-    yes_no = [r for r in marked if r.type_key == "Audio/Comparative"]
-    assert {r.extra["head_tail"] for r in yes_no} <= {"head", "tail"}
+    # "Is the <Object> louder than the <Object>": yes 7, no 2 (mean 4.5): yes is head
+    louder = [r for r in marked if r.template == "Is the <Object> louder than the <Object>?"]
+    if group == "template":
+        assert {r.answer: r.extra["head_tail"] for r in louder} == {"yes": "head", "no": "tail"}
+
+
+def test_head_tail_yes_no_types_get_head_questions(fixtures):
+    """The released head/tail table has head questions in every type, yes/no types included;
+    template groups give them, type groups cannot (two answers: head needs over 60 %)."""
+    sample = load_annotations(fixtures / "music_avqa_test_sample.json").records
+    louder, longer = (next(r for r in sample if r.template == t) for t in (
+        "Is the <Object> louder than the <Object>?",
+        "Is the <Object> playing longer than the <Object>?"))
+    # each template skewed, the type balanced (as MUSIC-AVQA's yes/no types: about 55/45)
+    records = ([replace(louder, answer="yes")] * 7 + [replace(louder, answer="no")] * 3
+               + [replace(longer, answer="yes")] * 3 + [replace(longer, answer="no")] * 7)
+    by_template = assign_head_tail(records, group="template")
+    assert Counter(r.extra["head_tail"] for r in by_template) == {"head": 14, "tail": 6}
+    assert {r.extra["head_tail"] for r in assign_head_tail(records, group="type")} == {"tail"}
+    with pytest.raises(ValueError, match="head/tail group 'video'"):
+        assign_head_tail(records, group="video")
 
 
 def test_head_tail_files(tmp_path, fixtures):
@@ -171,6 +232,17 @@ def test_head_tail_files(tmp_path, fixtures):
     assert labels(mixed) != ["head"] * 10 + ["tail"] * 5
 
 
+def test_vocab_spelling_variants(tmp_path, caplog):
+    p = tmp_path / "answers.json"
+    p.write_text(json.dumps(["yes ", "no", "Yes", "two", "Two "]))
+    vocab = AnswerVocab.from_file(p)
+    assert vocab.answers == ["yes", "no", "two"]
+    assert vocab.index("YES") == vocab.index("yes") == 0 and vocab.index(" two") == 2
+    assert "yes" in vocab and "2 answers are spelling variants" in caplog.text
+    with pytest.raises(ValueError, match="more than once"):
+        AnswerVocab(["a", "b", "a"])
+
+
 def test_vocab(fixtures):
     vocab = AnswerVocab.from_file(fixtures / "music_avqa_answers.json")
     assert len(vocab) == 42 and vocab.index("two") == 0 and vocab.index("banana") == NO_LABEL
@@ -178,3 +250,19 @@ def test_vocab(fixtures):
     built = AnswerVocab.from_records(records)
     top = Counter(r.answer for r in records).most_common(1)[0][0]
     assert built[0] == top and set(built.answers) == {r.answer for r in records}
+
+
+def test_datamodule_counts_head_tail_in_the_configured_groups(fixtures):
+    from avmaster.data.config import DataConfig
+    from avmaster.data.datamodule import AVQADataModule
+
+    records = load_annotations(fixtures / "music_avqa_test_sample.json").records
+    marks = {g: [r.extra["head_tail"] for r in assign_head_tail(records, group=g)]
+             for g in ("template", "type")}
+    assert marks["template"] != marks["type"]  # the sample tells the two apart
+    for group in ("template", "type"):
+        cfg = DataConfig(table="music_avqa_r", annotations_dir=str(fixtures),
+                         test=["music_avqa_test_sample.json"], head_tail_group=group)
+        loaded = AVQADataModule(cfg).load_split("test").records
+        expect = assign_head_tail(records, group=group)
+        assert [r.extra["head_tail"] for r in loaded] == [r.extra["head_tail"] for r in expect]

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from avmaster.cli import main
 from avmaster.data.annotations import load_annotations
 from avmaster.data.tables import get_table
 from avmaster.data.vocab import NO_LABEL, AnswerVocab
@@ -26,6 +27,40 @@ def test_mapper_free_text(vocab):
     assert m("left or right, hard to say") == NO_LABEL  # two different answers: ambiguous
     assert m("a banana") == NO_LABEL
     assert m("Electric-bass") == idx("electric_bass")
+
+
+def test_mapper_two_answers_and_ranges(vocab):
+    m, idx = AnswerMapper(vocab.answers), vocab.index
+    assert m("<answer>two</answer> ... <answer>three</answer>") == NO_LABEL
+    assert m("<answer>two</answer> so <answer>2</answer>") == idx("two")
+    assert m("It is the cello, not the violin") == NO_LABEL
+    for text in ("over ten", "ten or more", "There are at least ten.", "10+ instruments",
+                 "up to 10"):
+        assert m(text) != idx("ten"), text
+    assert m("over ten") == NO_LABEL and m("ten or more") == NO_LABEL
+    assert m("more than ten") == idx("more than ten") and m("ten") == idx("ten")
+
+
+def test_score_null_answers(tmp_path, fixtures, vocab):
+    s = load_annotations(fixtures / "music_avqa_test_sample.json")
+    p = tmp_path / "p.jsonl"
+    p.write_text("\n".join(json.dumps({"question_id": int(r.question_id),
+                                       "answer": None if i < 4 else r.answer})
+                           for i, r in enumerate(s.records)))
+    rep = score(read_predictions(p), s.records, get_table("music_avqa"), vocab)
+    assert len(rep.null) == 4 and not rep.missing and not rep.unmapped
+    assert '4 predictions with a null answer ("answer": null' in rep.summary()
+    assert rep.accuracy["avg"] == pytest.approx(100 * (len(s) - 4) / len(s))
+
+
+def test_score_cli_duplicates_once_with_ceiling(tmp_path, fixtures, caplog, capsys):
+    quirks = fixtures / "music_avqa_original_test_quirks.json"
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps({"question_id": r.question_id, "answer": r.answer}) + "\n"
+                             for r in load_annotations(quirks).records))
+    assert main(["score", "--predictions", str(preds), "--annotations", str(quirks)]) == 0
+    assert caplog.text.count("occur more than once") == 1
+    assert "achievable ceiling 75.00 %" in caplog.text
 
 
 def test_score_jsonl_with_free_text_and_missing(tmp_path, fixtures, vocab):

@@ -14,9 +14,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from avmaster.data.config import HeadTailGroup
 from avmaster.data.records import AVQA_TYPES, MUSIC_AVQA_TYPES, QARecord
+from avmaster.data.vocab import answer_key
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,27 @@ class AnnotationSet:
     split: str
     duplicates: dict[str, int] = field(default_factory=dict)
     conflicting: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)  # answer text naming none of the options
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def ceiling(self) -> float:
+        """The highest achievable accuracy (%): entries that share a question id, video and
+        question but disagree on the answer cannot all be scored correct by one prediction."""
+        by_input: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
+        conflicting = set(self.conflicting)
+        for r in self.records:
+            if r.question_id in conflicting:
+                by_input[(r.question_id, r.video_id, r.question)][r.answer] += 1
+        lost = sum(sum(c.values()) - max(c.values()) for c in by_input.values())
+        return 100.0 * (len(self.records) - lost) / max(len(self.records), 1)
+
+    @property
+    def noteworthy(self) -> bool:
+        """True when the summary reports something a user must know (a warning, not info)."""
+        return bool(self.duplicates or self.unmatched)
 
     def summary(self) -> str:
         out = f"{self.split}: {len(self.records)} questions from {', '.join(self.paths)}"
@@ -73,7 +93,17 @@ class AnnotationSet:
             out += (f"; {len(self.duplicates)} question ids occur more than once ({shown}"
                     f"{', ...' if len(self.duplicates) > 5 else ''}), {len(self.conflicting)} of "
                     "them with conflicting answers; every entry is kept and scored")
+            if self.conflicting:
+                out += f" (achievable ceiling {self.ceiling:.2f} %)"
+        if self.unmatched:
+            shown = ", ".join(self.unmatched[:5])
+            out += (f"; {len(self.unmatched)} answers name none of their options ({shown}"
+                    f"{', ...' if len(self.unmatched) > 5 else ''}): scored wrong, not trained on")
         return out
+
+    def report(self, logger: logging.Logger = log) -> None:
+        """Log :meth:`summary` once: a warning when it reports duplicates or unmatched answers."""
+        (logger.warning if self.noteworthy else logger.info)(self.summary())
 
 
 def read_json_list(path: Path | str) -> list[dict[str, Any]]:
@@ -117,8 +147,10 @@ def detect_format(entries: Sequence[dict[str, Any]], path: Path | str) -> str:
 
 
 def _require(entry: dict[str, Any], key: str, path: Path, i: int) -> Any:
-    if key not in entry or entry[key] is None:
+    if key not in entry:
         raise AnnotationError(path, "missing; every entry needs it", i, key)
+    if entry[key] is None:
+        raise AnnotationError(path, "is null; every entry needs a value here", i, key)
     return entry[key]
 
 
@@ -147,9 +179,10 @@ def _json_list_field(value: Any, path: Path, i: int, key: str) -> list[Any]:
 def _music_record(entry: dict[str, Any], path: Path, i: int, split: str) -> QARecord:
     video_id = str(_require(entry, "video_id", path, i))
     template = str(_require(entry, "question_content", path, i))
-    answer = entry.get("anser", entry.get("answer"))
-    if answer is None:
+    key = "anser" if "anser" in entry else "answer" if "answer" in entry else None
+    if key is None:
         raise AnnotationError(path, "missing; MUSIC-AVQA spells the answer key 'anser'", i, "anser")
+    answer = _require(entry, key, path, i)
     qtype = _json_list_field(_require(entry, "type", path, i), path, i, "type")
     if len(qtype) != 2 or (qtype[0], qtype[1]) not in KNOWN_MUSIC_TYPES:
         known = ", ".join(f"{m}/{q}" for m, q, _ in MUSIC_AVQA_TYPES)
@@ -191,14 +224,9 @@ def _avqa_record(entry: dict[str, Any], path: Path, i: int, split: str) -> QARec
     if "multi_choice" in entry:
         options = tuple(str(o) for o in _json_list_field(entry["multi_choice"], path, i,
                                                           "multi_choice"))
-        try:
-            answer_index = int(answer)
-        except (TypeError, ValueError) as e:
-            raise AnnotationError(path, f"{answer!r} is not an option index", i, "answer") from e
-        if not 0 <= answer_index < len(options):
-            raise AnnotationError(path, f"index {answer_index} outside the {len(options)} options",
-                                  i, "answer")
-        answer = options[answer_index]
+        answer_index = _option_index(answer, options, path, i)
+        if answer_index is not None:
+            answer = options[answer_index]
     core = {"question_text", "question_type", "answer", "multi_choice", "id"}
     extra = {k: v for k, v in entry.items() if k not in core}
     return QARecord(
@@ -215,6 +243,22 @@ def _avqa_record(entry: dict[str, Any], path: Path, i: int, split: str) -> QARec
         source=(str(path), i),
         extra=extra,
     )
+
+
+def _option_index(answer: Any, options: Sequence[str], path: Path, i: int) -> int | None:
+    """The option ``answer`` picks: an index (AVQA), or an option's text (derived splits such
+    as AVQACL's, compared by :func:`answer_key`); ``None`` for text naming no option."""
+    if isinstance(answer, bool):
+        raise AnnotationError(path, f"{answer!r} is neither an option index nor option text", i,
+                              "answer")
+    if isinstance(answer, int) or (isinstance(answer, str) and answer.strip().isdigit()):
+        index = int(answer)
+        if not 0 <= index < len(options):
+            raise AnnotationError(path, f"index {index} outside the {len(options)} options", i,
+                                  "answer")
+        return index
+    keys = [answer_key(o) for o in options]
+    return keys.index(answer_key(answer)) if answer_key(answer) in keys else None
 
 
 def _find_duplicates(records: Iterable[QARecord]) -> tuple[dict[str, int], list[str]]:
@@ -237,41 +281,59 @@ def load_annotations(path: Path | str, split: str = "test", fmt: str = "auto") -
     build = _music_record if fmt == "music_avqa" else _avqa_record
     records = [build(e, path, i, split) for i, e in enumerate(entries)]
     dup, conflicting = _find_duplicates(records)
-    out = AnnotationSet(records, (str(path),), split, dup, conflicting)
-    if dup:
-        log.warning(out.summary())
-    return out
+    return AnnotationSet(records, (str(path),), split, dup, conflicting, _unmatched(records))
+
+
+def _unmatched(records: Iterable[QARecord]) -> list[str]:
+    return [r.question_id for r in records if r.options is not None and r.answer_index is None]
 
 
 def concat(sets: Sequence[AnnotationSet], split: str) -> AnnotationSet:
+    """One split from several files (loading logs nothing: call :meth:`AnnotationSet.report`
+    once on the result, so each finding is printed once)."""
     records = [r for s in sets for r in s.records]
     dup, conflicting = _find_duplicates(records)
-    out = AnnotationSet(records, tuple(p for s in sets for p in s.paths), split, dup, conflicting)
-    if dup:
-        log.warning(out.summary())
-    return out
+    return AnnotationSet(records, tuple(p for s in sets for p in s.paths), split, dup,
+                         conflicting, _unmatched(records))
 
 
-def assign_head_tail(records: Sequence[QARecord], ratio: float = 1.2) -> list[QARecord]:
-    """MUSIC-AVQA-R's split: within each question type, an answer is *head* when its count
-    exceeds ``ratio`` times the mean count of the answers of that type, else *tail*."""
-    per_type: dict[str, Counter] = defaultdict(Counter)
+HEAD_TAIL_GROUPS: tuple[str, ...] = get_args(HeadTailGroup)
+
+
+def head_tail_group(r: QARecord, group: str) -> str:
+    """The group whose answer counts decide head/tail: the question template (default) or
+    the question type."""
+    return f"{r.type_key}|{r.template}" if group == "template" else r.type_key
+
+
+def assign_head_tail(records: Sequence[QARecord], ratio: float = 1.2,
+                     group: str = "template") -> list[QARecord]:
+    """MUSIC-AVQA-R's head/tail rule: within a group, an answer is *head* when its count
+    exceeds ``ratio`` times the mean count of the group's answers, else *tail*.
+
+    The authors (github.com/reml-group/MUSIC-AVQA-R, README.md "Dataset"; arXiv 2404.12020)
+    state the rule and cite GQA-OOD but publish no splitting code. Groups are question templates
+    by default: per-type groups leave yes/no types without head questions (2 answers: head
+    needs > 60 %), while the released files have head and tail in all nine types.
+    """
+    if group not in HEAD_TAIL_GROUPS:
+        raise ValueError(f"head/tail group {group!r}: choose one of {HEAD_TAIL_GROUPS}")
+    counts: dict[str, Counter] = defaultdict(Counter)
     for r in records:
-        per_type[r.type_key][r.answer] += 1
-    head = {
-        t: {a for a, n in c.items() if n > ratio * (sum(c.values()) / len(c))}
-        for t, c in per_type.items()
-    }
-    return [_with_extra(r, head_tail="head" if r.answer in head[r.type_key] else "tail")
-            for r in records]
+        counts[head_tail_group(r, group)][r.answer] += 1
+    head = {g: {a for a, n in c.items() if n > ratio * (sum(c.values()) / len(c))}
+            for g, c in counts.items()}
+    return [_with_extra(r, head_tail="head" if r.answer in head[head_tail_group(r, group)]
+                        else "tail") for r in records]
 
 
-def ensure_head_tail(records: Sequence[QARecord], ratio: float = 1.2) -> list[QARecord]:
+def ensure_head_tail(records: Sequence[QARecord], ratio: float = 1.2,
+                     group: str = "template") -> list[QARecord]:
     """Records with a head/tail label each: kept when every record has one (MUSIC-AVQA-R's
     head and tail files, or a ``head_tail`` field), else :func:`assign_head_tail` for all."""
     if records and all("head_tail" in r.extra for r in records):
         return list(records)
-    return assign_head_tail(records, ratio)
+    return assign_head_tail(records, ratio, group)
 
 
 def load_head_tail(head: Path | str, tail: Path | str, split: str = "test") -> AnnotationSet:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+HeadTailGroup = Literal["template", "type"]  # see avmaster.data.annotations.assign_head_tail
 
 
 @dataclass
@@ -11,7 +14,8 @@ class DataConfig:
 
     Relative annotation paths are resolved against ``annotations_dir``, relative feature paths
     against ``features_dir``. ``test_head``/``test_tail`` take MUSIC-AVQA-R's released head and
-    tail files; with only ``test`` given, head/tail come from the 1.2x-mean rule.
+    tail files; with only ``test`` given, head/tail come from the 1.2x-mean rule
+    (:func:`avmaster.data.annotations.assign_head_tail`).
     """
 
     name: str = "music_avqa"
@@ -24,6 +28,7 @@ class DataConfig:
     test_head: str | None = None
     test_tail: str | None = None
     head_tail_ratio: float = 1.2
+    head_tail_group: HeadTailGroup = "template"  # the groups the 1.2x-mean rule counts in
     answers: str | None = None  # JSON answer list; null = built from the training answers
     features_dir: str = "features/music_avqa"
     visual_features: str = "visual_vit-l-14-336_openai.h5"

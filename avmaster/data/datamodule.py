@@ -71,9 +71,10 @@ class AVQADataModule(L.LightningDataModule):
             sets = concat([load_annotations(self.annotation_path(f), stage, cfg.format)
                            for f in files], stage)
             if stage == "test" and self.spec.head_tail:
-                sets.records = ensure_head_tail(sets.records, cfg.head_tail_ratio)
+                sets.records = ensure_head_tail(sets.records, cfg.head_tail_ratio,
+                                                cfg.head_tail_group)
         self.annotations[stage] = sets
-        log.info(sets.summary())
+        sets.report(log)
         return sets
 
     def build_vocab(self) -> AnswerVocab:

@@ -212,6 +212,40 @@ def read_attrs(path: Path | str) -> dict[str, Any]:
     return attrs
 
 
+IMPORTED = "imported_from"  # attribute of files holding imported features: JSON list of sources
+# What must agree for features of two sources to share one file (compared when both record it).
+IDENTITY_ATTRS = ("kind", "modality", "encoder", "pretrained", "dim", "postprocess", "normalized",
+                  "fps")
+
+
+def encoder_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The attributes of a feature file that say which encoder made its numbers; the encoder
+    name without its implementation prefix (``torchvggish:vggish`` and ``vggish`` agree)."""
+    out = {k: attrs[k] for k in IDENTITY_ATTRS if attrs.get(k) is not None}
+    if "encoder" in out:
+        out["encoder"] = str(out["encoder"]).rsplit(":", 1)[-1].lower()
+    for key in ("dim", "fps"):
+        if key in out:
+            out[key] = float(out[key])
+    if "normalized" in out:
+        out["normalized"] = bool(out["normalized"])
+    return out
+
+
+def check_same_encoder(path: Path | str, stored: Mapping[str, Any], new: Mapping[str, Any],
+                       new_source: str) -> None:
+    """Refuse (one line, naming the file and the attributes) to put features of another
+    encoder into ``path``; attributes only one side records are not compared."""
+    a, b = encoder_identity(stored), encoder_identity(new)
+    differ = [k for k in a if k in b and a[k] != b[k]]
+    if differ:
+        diff = "; ".join(f"{k}: file {a[k]!r}, {new_source} {b[k]!r}" for k in differ)
+        raise FeatureStoreError(
+            f"{path}: holds features of another encoder than {new_source} ({diff}). One file "
+            "holds one encoder's features: write to another --out folder, or delete the file "
+            "to replace it")
+
+
 class _LazyFile:
     """An h5py handle opened on first use in each process (h5py handles do not survive fork)."""
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from avmaster.data.records import QARecord
+
+log = logging.getLogger(__name__)
 
 # The one "no label" value: an answer outside the vocabulary (or a multiple-choice question
 # without its answer). The losses leave it out; the metrics score it wrong.
@@ -15,15 +18,34 @@ NO_LABEL = -1
 UNKNOWN = NO_LABEL  # the earlier name, kept importable
 
 
+def answer_key(text: str) -> str:
+    """The form answers are compared in: surrounding and repeated space dropped, case folded
+    (released vocabularies carry ``"yes "`` next to ``"yes"``, or ``"Yes"``)."""
+    return " ".join(str(text).split()).casefold()
+
+
 class AnswerVocab:
-    """An ordered list of answers. ``index(a)`` is :data:`NO_LABEL` for answers it lacks."""
+    """An ordered list of answers. ``index(a)`` is :data:`NO_LABEL` for answers it lacks.
+
+    Answers are matched by :func:`answer_key`; spellings of one answer in the list (trailing
+    space, case) are one class, spelled as first listed.
+    """
 
     def __init__(self, answers: Sequence[str]):
-        self.answers = [str(a) for a in answers]
-        self._index = {a: i for i, a in enumerate(self.answers)}
-        if len(self._index) != len(self.answers):
-            dup = [a for a, n in Counter(self.answers).items() if n > 1]
-            raise ValueError(f"the answer vocabulary lists {dup} more than once")
+        self.answers: list[str] = []
+        self._index: dict[str, int] = {}
+        self.merged: dict[str, str] = {}  # a variant spelling -> the answer it was merged into
+        for a in answers:
+            key = answer_key(a)
+            if key in self._index:
+                first = self.answers[self._index[key]]
+                if str(a) == first:
+                    dup = [x for x, n in Counter(map(str, answers)).items() if n > 1]
+                    raise ValueError(f"the answer vocabulary lists {dup} more than once")
+                self.merged[str(a)] = first
+                continue
+            self._index[key] = len(self.answers)
+            self.answers.append(str(a).strip())
 
     @classmethod
     def from_file(cls, path: Path | str) -> AnswerVocab:
@@ -37,19 +59,25 @@ class AnswerVocab:
             data = [a for a, _ in sorted(data.items(), key=lambda kv: kv[1])]
         if not isinstance(data, list) or not data:
             raise ValueError(f"{path}: expected a non-empty JSON list of answers")
-        return cls(data)
+        vocab = cls(data)
+        if vocab.merged:
+            log.warning("%s: %d answers are spelling variants of others and were merged: %s",
+                        path, len(vocab.merged),
+                        ", ".join(f"{a!r} -> {b!r}" for a, b in list(vocab.merged.items())[:5]))
+        return vocab
 
     @classmethod
     def from_records(cls, records: Iterable[QARecord]) -> AnswerVocab:
-        """Answers of the training records, most frequent first (ties alphabetical)."""
+        """Answers of the training records, most frequent first (ties alphabetical); spelling
+        variants take the most frequent spelling's class."""
         counts = Counter(r.answer for r in records)
         return cls(sorted(counts, key=lambda a: (-counts[a], a)))
 
     def index(self, answer: str) -> int:
-        return self._index.get(answer, NO_LABEL)
+        return self._index.get(answer_key(answer), NO_LABEL)
 
     def __contains__(self, answer: str) -> bool:
-        return answer in self._index
+        return answer_key(answer) in self._index
 
     def __len__(self) -> int:
         return len(self.answers)

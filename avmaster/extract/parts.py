@@ -26,10 +26,14 @@ import numpy as np
 
 from avmaster.atomic import atomic_write_text
 from avmaster.data.store import (
+    IMPORTED,
     FeatureStoreError,
     atomic_h5,
+    check_same_encoder,
     decode_name,
     encode_name,
+    pad_or_trim,
+    read_attrs,
     stored_settings,
     text_key,
     write_text_features,
@@ -91,18 +95,32 @@ def text_parts_dir(cfg: ExtractConfig) -> Path:
 
 
 def final_matches(path: Path, settings: dict[str, Any]) -> bool:
-    """True if ``path`` exists with these settings, False if absent; raises on a conflict."""
+    """True if ``path`` exists with these settings, False if absent; raises on a conflict.
+
+    A file written by ``avmaster import-features`` matches when its encoder agrees: the
+    extraction then adds its videos to the imported ones (one store, two sources).
+    """
     if not path.exists():
         return False
     try:
         stored = stored_settings(path)
     except OSError as e:
         raise SettingsConflictError(f"{path}: unreadable ({e}); delete it and rerun") from e
+    if stored is None and IMPORTED in read_attrs(path):
+        check_same_encoder(path, read_attrs(path), _identity(settings), "this extraction")
+        return True
     if stored != settings_json(settings):
         raise SettingsConflictError(
             f"{path} exists but was made with other settings ({stored}; now "
             f"{settings_json(settings)}). Choose another --out, or delete the file to redo it.")
     return True
+
+
+def _identity(settings: dict[str, Any]) -> dict[str, Any]:
+    """The store attributes (:data:`avmaster.data.store.IDENTITY_ATTRS`) of these settings."""
+    return {"kind": "video", "encoder": settings.get("encoder") or settings.get("model"),
+            "pretrained": settings.get("pretrained"), "postprocess": settings.get("postprocess"),
+            "normalized": settings.get("normalize")}
 
 
 def video_ids_in(path: Path) -> set[str]:
@@ -340,9 +358,11 @@ def _merge_videos(cfg: ExtractConfig, paths: FeaturePaths, written: list[Path]
               "audio": (paths.audio, audio_settings(cfg))}
     if cfg.patch_tokens:
         finals["patch"] = (paths.patch, patch_settings(cfg))
-    have_final = all(final_matches(p, s) for p, s in finals.values())
-    base = (set.intersection(*(video_ids_in(p) for p, _ in finals.values()))
-            if have_final else set())
+    # per file, the videos it holds (an imported file may exist without the others)
+    bases = {name: video_ids_in(p) if final_matches(p, s) else set()
+             for name, (p, s) in finals.items()}
+    have_final = all(p.exists() for p, _ in finals.values())
+    base = set.intersection(*bases.values())
     index = read_video_parts(video_parts_dir(cfg))
     source: dict[str, Path | None] = dict.fromkeys(base - index.failed)
     source.update(index.source)
@@ -364,16 +384,21 @@ def _merge_videos(cfg: ExtractConfig, paths: FeaturePaths, written: list[Path]
             handles: dict[Path, h5py.File] = {}
 
             def rows(name: str) -> Iterator[tuple[str, np.ndarray]]:
-                for vid in ids:
-                    src = source[vid] if source[vid] is not None else finals[name][0]
+                only_here = sorted(bases[name] - set(source) - index.failed)
+                for vid in sorted([*ids, *only_here]):
+                    src = index.source.get(vid) or finals[name][0]
                     if src not in handles:
                         handles[src] = stack.enter_context(h5py.File(src, "r"))
                     group = handles[src]["videos" if src == finals[name][0] else name]
-                    yield vid, group[encode_name(vid)][()]
+                    arr = group[encode_name(vid)][()]  # imported rows are kept as stored: fit
+                    yield vid, arr if cfg.stored_seconds is None else pad_or_trim(
+                        arr, cfg.stored_seconds)
 
             for name, (path, settings) in finals.items():
                 extra = {"settings": settings_json(settings), "n_failed": len(failed),
                          **_modality_attrs(cfg, name)}
+                if path.exists() and IMPORTED in read_attrs(path):
+                    extra[IMPORTED] = read_attrs(path)[IMPORTED]
                 if name == "patch" and ids:  # rows are [tokens x dim] flattened
                     dim = int(next(rows("visual"))[1].shape[1])
                     extra.update(token_dim=dim,
