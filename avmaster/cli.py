@@ -33,43 +33,38 @@ def _config_args(argv: Sequence[str], prog: str) -> tuple[str | None, list[str]]
 
 
 def cmd_train(argv: Sequence[str]) -> int:
+    args = _config_args(argv, "train")
     from avmaster.config import load_config
     from avmaster.run import train
 
-    cfg = load_config(*_config_args(argv, "train"))
+    cfg = load_config(*args)
     result = train(cfg)
     print(f"best checkpoint: {result.best_ckpt}")
     return 0
 
 
 def cmd_eval(argv: Sequence[str]) -> int:
+    args = _config_args(argv, "eval")
     from avmaster.config import load_config
     from avmaster.run import evaluate
 
-    cfg = load_config(*_config_args(argv, "eval"))
+    cfg = load_config(*args)
     evaluate(cfg)
     return 0
 
 
 def cmd_config(argv: Sequence[str]) -> int:
+    args = _config_args(argv, "config")
     from omegaconf import OmegaConf
 
     from avmaster.config import load_config, to_dict
 
-    cfg = load_config(*_config_args(argv, "config"))
+    cfg = load_config(*args)
     print(OmegaConf.to_yaml(to_dict(cfg)), end="")
     return 0
 
 
 def cmd_score(argv: Sequence[str]) -> int:
-    from pathlib import Path
-
-    from avmaster.data.annotations import concat, load_annotations
-    from avmaster.data.vocab import AnswerVocab
-    from avmaster.metrics import get_table
-    from avmaster.paths import resolve
-    from avmaster.scoring import read_predictions, score
-
     p = argparse.ArgumentParser(prog="avmaster score", description=(
         "Score predictions (JSONL of question id -> answer, free text with <answer>X</answer> "
         "allowed) against annotations and print the per-type table."))
@@ -82,8 +77,13 @@ def cmd_score(argv: Sequence[str]) -> int:
     p.add_argument("--head-tail-ratio", type=float, default=1.2)
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     a = p.parse_args(argv)
-    from avmaster.data.annotations import assign_head_tail
-    from avmaster.metrics import write_results
+    from pathlib import Path
+
+    from avmaster.data.annotations import assign_head_tail, concat, load_annotations
+    from avmaster.data.vocab import AnswerVocab
+    from avmaster.metrics import get_table, write_results
+    from avmaster.paths import resolve
+    from avmaster.scoring import read_predictions, score
 
     sets = concat([load_annotations(f, "test") for f in a.annotations], "test")
     records = sets.records
@@ -131,17 +131,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Lightning prints through its own handler; propagating as well would print each line twice
     logging.getLogger("lightning").propagate = False
     logging.getLogger("avmaster").setLevel(logging.INFO)
+    for name in RANK_ZERO_LOGGERS:
+        logging.getLogger(name).addFilter(_drop_tips)
+    try:
+        return COMMANDS[command](rest)
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
+        print(f"avmaster {command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+# Lightning's rank-zero messages (its install tips among them) go through these loggers.
+RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero",
+                     "lightning.fabric.utilities.rank_zero", "lightning_utilities.core.rank_zero")
+
+
+def _drop_tips(record: logging.LogRecord) -> bool:
+    """Lightning advertises optional packages ("Tip: ... try installing ...") in every run."""
+    return "Tip: For seamless" not in str(record.msg)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's input to fix: one line, exit 2, no traceback. Imported
+    only when something went wrong, so that ``--help`` stays light."""
+    from avmaster.checkpoints import CheckpointError
     from avmaster.config import ConfigError
     from avmaster.data.annotations import AnnotationError
     from avmaster.data.store import FeatureStoreError
     from avmaster.scoring import PredictionError
 
-    try:
-        return COMMANDS[command](rest)
-    except (ConfigError, AnnotationError, FeatureStoreError, PredictionError,
-            FileNotFoundError, FileExistsError) as e:
-        print(f"avmaster {command}: error: {e}", file=sys.stderr)
-        return 2
+    return (ConfigError, AnnotationError, FeatureStoreError, PredictionError, CheckpointError,
+            FileNotFoundError, FileExistsError)
 
 
 if __name__ == "__main__":

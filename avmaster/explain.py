@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from avmaster.inference import Prediction, Predictor
 from avmaster.predict import add_arguments, build
+
+if TYPE_CHECKING:  # torch and Lightning load only once the arguments parse (fast --help)
+    from avmaster.inference import Prediction, Predictor
 
 
 def plot(pred: Prediction, question: str, out: Path) -> Path:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from avmaster.inference import Predictor
+if TYPE_CHECKING:  # torch and Lightning load only once the arguments parse (fast --help)
+    from avmaster.inference import Predictor
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build(args: argparse.Namespace) -> Predictor:
+    from avmaster.inference import Predictor
+
     return Predictor(args.ckpt, device=args.device, clip_weights=args.clip_weights,
                      vggish_weights=args.vggish_weights)
 
