@@ -226,11 +226,17 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
     groups = torch.from_numpy(dm.dataset("test").groups)
     counts = dm.spec.counts(torch.bincount(groups, minlength=len(dm.spec.groups)).tolist())
     out = cfg.run_dir / f"results_{cfg.data.name}"
+    meta: dict[str, Any] = {"checkpoint": str(ckpt), "data": cfg.data.name,
+                            "test": list(cfg.data.test)}
+    if "test" in dm.left_out:
+        meta["questions"] = dm.left_out["test"].as_dict()
     if trainer.is_global_zero:
-        js, md = write_results(out, dm.spec, accuracy, counts,
-                               meta={"checkpoint": str(ckpt), "data": cfg.data.name,
-                                     "test": list(cfg.data.test)})
+        js, md = write_results(out, dm.spec, accuracy, counts, meta=meta)
         print(md.read_text())
+        if "questions" in meta:
+            q = meta["questions"]
+            print(f"evaluated on {q['evaluated']} of {q['annotated']} questions "
+                  f"({len(q['videos_without_features'])} videos without features left out)")
         log.info("results written to %s and %s", js, md)
     if cfg.save_predictions:
         write_predictions(trainer, module, dm, cfg.run_dir / f"predictions_{cfg.data.name}.jsonl")

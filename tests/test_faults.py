@@ -2,6 +2,7 @@
 in the middle of an epoch. Tiny model, two training batches per epoch."""
 
 import csv
+import json
 import os
 import signal
 from pathlib import Path
@@ -90,3 +91,34 @@ def test_kill_mid_epoch_then_resume_logs_each_step_once(
     assert _epoch_step(run / "checkpoints" / "last.ckpt") == (0, 4)
     assert main(["train", *overrides, *frozen, "trainer.max_epochs=3"]) == 0
     assert _train_rows(run) == list(range(12))  # one row per step: the partial epoch is gone
+
+
+def test_videos_without_features_are_left_out_only_when_asked(
+        tmp_path, fixtures, overrides, capsys, caplog):  # noqa: F811
+    from conftest import make_features
+
+    from avmaster.data.annotations import load_annotations
+
+    val = load_annotations(fixtures / "music_avqa_val_sample.json").records
+    test = load_annotations(fixtures / "music_avqa_test_sample.json").records
+    failed = {val[0].video_id, test[0].video_id}  # one video per file failed extraction
+    kept = [r for r in val + test if r.video_id not in failed]
+    make_features(tmp_path / "partial", kept, seconds=4)
+    partial = [*overrides, f"data.features_dir={tmp_path / 'partial'}", *FROZEN[1:3],
+               f"data.test=[{fixtures / 'music_avqa_test_sample.json'}]", "trainer.max_epochs=1"]
+    assert main(["train", *partial]) == 2
+    err = capsys.readouterr().err
+    assert "have no features" in err and "data.skip_videos_without_features=true" in err
+    caplog.clear()
+    assert main(["train", *partial, "data.skip_videos_without_features=true"]) == 0
+    test_left = sum(r.video_id in failed for r in test)
+    val_left = sum(r.video_id in failed for r in val)
+    assert f"train: {val_left} of {len(val)} questions left out" in caplog.text
+    assert f"test: {test_left} of {len(test)} questions left out" in caplog.text
+    out = capsys.readouterr().out
+    assert f"evaluated on {len(test) - test_left} of {len(test)} questions" in out
+    result = json.loads((tmp_path / "runs" / "tiny" / "results_music_avqa.json").read_text())
+    assert result["meta"]["questions"] == {
+        "annotated": len(test), "evaluated": len(test) - test_left, "left_out": test_left,
+        "videos_without_features": [test[0].video_id]}
+    assert result["counts"]["avg"] == len(test) - test_left
