@@ -80,8 +80,9 @@ def cmd_score(argv: Sequence[str]) -> int:
     from pathlib import Path
 
     from avmaster.data.annotations import assign_head_tail, concat, load_annotations
+    from avmaster.data.tables import get_table
     from avmaster.data.vocab import AnswerVocab
-    from avmaster.metrics import get_table, write_results
+    from avmaster.metrics import write_results
     from avmaster.paths import resolve
     from avmaster.scoring import read_predictions, score
 
