@@ -44,6 +44,7 @@ from avmaster.extract.extractor import FeatureExtractor
 from avmaster.extract.listing import find_videos
 from avmaster.extract.parts import (
     LISTING,
+    LISTING_KINDS,
     TEXT_PART,
     VIDEO_PART,
     MergeResult,
@@ -72,6 +73,7 @@ TEXT_PART_SIZE = 8192  # texts per text part
 STALE_TMP_SECONDS = 24 * 3600  # temporary files older than this are leftovers of killed runs
 POSTFIX_EVERY = 8  # videos between progress-bar postfix updates
 INTERRUPTED = 130  # exit status after Ctrl-C, as shells report it
+INCOMPLETE = 3  # exit status with --strict when some listed videos have no features
 
 
 @dataclass
@@ -329,7 +331,7 @@ def merge_result_from_files(cfg: ExtractConfig) -> MergeResult:
                 paths.report.read_text(encoding="utf-8").splitlines() if line.strip()]
     videos = len(video_ids_in(paths.visual)) if paths.visual.exists() else 0
     texts = len(text_keys_in(paths.text)) if paths.text.exists() else 0
-    failed = len({p.video_id for p in problems if p.failed})
+    failed = len({p.video_id for p in problems if p.failed and p.kind not in LISTING_KINDS})
     return MergeResult(videos, failed, texts, problems, [])
 
 
@@ -431,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="... or every this many seconds")
     g.add_argument("--retry-failed", action="store_true",
                    help="retry videos that failed to decode in earlier runs")
+    g.add_argument("--strict", action="store_true",
+                   help=f"exit with status {INCOMPLETE} when some listed or annotated videos "
+                        "have no features after the merge (failed to decode, or no file)")
     g.add_argument("--dtype", default=d.dtype, choices=("float16", "float32"))
     g.add_argument("--no-progress", dest="progress", action="store_false")
     g.add_argument("--log-level", default="INFO")
@@ -453,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
-        run(cfg)
+        summary = run(cfg)
     except (WeightsUnavailableError, FeatureStoreError, AnnotationError, FileNotFoundError,
             ValueError, NotImplementedError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -462,7 +467,19 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the videos finished so far are saved; rerun the same command to "
               "resume", file=sys.stderr)
         return INTERRUPTED
-    return 0
+    missing = _without_features(summary)
+    return INCOMPLETE if args.strict and missing else 0
+
+
+def _without_features(summary: dict[str, Any]) -> int:
+    """Listed or annotated videos without features after the merge; says so on stderr."""
+    videos = summary.get("videos") or {}
+    n = int(videos.get("failed") or 0) + int(videos.get("missing_file") or 0)
+    if n:
+        print(f"{n} videos have no features ({videos.get('failed')} failed to decode, "
+              f"{videos.get('missing_file')} without a file): see {summary.get('report')}",
+              file=sys.stderr)
+    return n
 
 
 if __name__ == "__main__":
