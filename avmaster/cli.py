@@ -17,7 +17,7 @@ commands:
   extract  --videos DIR --annotations FILE ... --out DIR         features to HDF5 (see --help)
   demo     [--out DIR] [--quick]                    synthetic data -> extract -> train -> eval
   predict  VIDEO "question" --ckpt FILE                       answer a question about a video
-  explain  VIDEO "question" --ckpt FILE --out FILE.png   focus over time, modality preference
+  explain  VIDEO "question" --ckpt FILE --out FILE.png   seconds the answer depends on
   config   [--config FILE] [data=NAME] [key=value ...]            print the resolved config
 """
 
@@ -160,10 +160,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from avmaster.config import ConfigError
     from avmaster.data.annotations import AnnotationError
     from avmaster.data.store import FeatureStoreError
+    from avmaster.extract.extractor import UndecodableVideoError
     from avmaster.scoring import PredictionError
 
     return (ConfigError, AnnotationError, FeatureStoreError, PredictionError, CheckpointError,
-            FileNotFoundError, FileExistsError)
+            UndecodableVideoError, FileNotFoundError, FileExistsError)
 
 
 if __name__ == "__main__":
