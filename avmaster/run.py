@@ -162,7 +162,7 @@ def train(cfg: Config) -> TrainResult:
     best_path = (best.best_model_path if best else "") or last.best_model_path
     results = None
     if cfg.data.test or cfg.data.test_head:
-        results = evaluate(cfg, best_path, trainer_logs=False)
+        results = evaluate(cfg, best_path, trainer_logs=False, dm=dm)
     return TrainResult(best_path, last.best_model_path, results)
 
 
@@ -208,8 +208,8 @@ def drop_rows_after(metrics: Path, step: int) -> int:
     return dropped
 
 
-def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
-             ) -> dict[str, float]:
+def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True,
+             dm: AVQADataModule | None = None) -> dict[str, float]:
     """Per-type accuracy of a checkpoint on ``data.test``; writes ``results.json``/``.md`` and,
     with ``save_predictions``, ``predictions.jsonl`` (question id, answer, top-5) in the run
     folder. Returns the table (percent)."""
@@ -218,7 +218,8 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
         raise ValueError("evaluation needs a checkpoint: pass ckpt=path/to/file.ckpt")
     read_checkpoint(ckpt)  # one clear error for a missing or truncated file
     module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
-    dm = build_datamodule(cfg, answers=module.hparams.get("answers"))
+    # after training, its datamodule (files loaded once, warnings given once) is reused
+    dm = dm or build_datamodule(cfg, answers=module.hparams.get("answers"))
     trainer = build_trainer(cfg, logs=trainer_logs)
     logged = trainer.test(module, datamodule=dm, verbose=False)[0]
     columns = [c for c, _ in dm.spec.columns]

@@ -122,3 +122,18 @@ def test_videos_without_features_are_left_out_only_when_asked(
         "annotated": len(test), "evaluated": len(test) - test_left, "left_out": test_left,
         "videos_without_features": [test[0].video_id]}
     assert result["counts"]["avg"] == len(test) - test_left
+
+
+def test_repeated_ids_reported_once_per_run(tmp_path, fixtures, overrides, caplog):  # noqa: F811
+    from conftest import make_features
+
+    from avmaster.data.annotations import load_annotations
+
+    files = ("music_avqa_val_sample.json", "music_avqa_original_test_quirks.json")
+    make_features(tmp_path / "quirks", [r for f in files
+                                        for r in load_annotations(fixtures / f).records],
+                  seconds=4)
+    caplog.clear()
+    assert main(["train", *overrides, f"data.features_dir={tmp_path / 'quirks'}", *FROZEN[1:3],
+                 f"data.test=[{fixtures / files[1]}]", "trainer.max_epochs=1"]) == 0
+    assert caplog.text.count("occur more than once") == 1, caplog.text

@@ -247,7 +247,7 @@ def concat(sets: Sequence[AnnotationSet], split: str) -> AnnotationSet:
     records = [r for s in sets for r in s.records]
     dup, conflicting = _find_duplicates(records)
     out = AnnotationSet(records, tuple(p for s in sets for p in s.paths), split, dup, conflicting)
-    if dup:
+    if dup and len(sets) > 1:  # one file's repeated ids were reported when it was loaded
         log.warning(out.summary())
     return out
 

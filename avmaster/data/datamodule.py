@@ -89,7 +89,8 @@ class AVQADataModule(L.LightningDataModule):
             if stage == "test" and cfg.table == "music_avqa_r":
                 sets.records = assign_head_tail(sets.records, cfg.head_tail_ratio)
         self.annotations[stage] = sets
-        log.info(sets.summary())
+        if not sets.duplicates:  # with repeated ids the loader has warned with this summary
+            log.info(sets.summary())
         return sets
 
     def build_vocab(self) -> AnswerVocab:
