@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from test_train_eval import overrides  # noqa: F401  (the tiny run's fixture)
 
-import avmaster.run as run_module
+import avmaster.training as run_module
 from avmaster.cli import main
 
 # lr=0: validation accuracy never changes, so the best epoch stays epoch 0 (ties do not count)

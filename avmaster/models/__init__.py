@@ -10,8 +10,8 @@ import importlib
 from typing import Any
 
 _MODULES = {
-    "avmaster": ("AVMaster", "AVMasterOutput", "Paths", "as_dims", "count_parameters",
-                 "resolve_paths"),
+    "avmaster": ("AVMaster", "AVMasterOutput", "Branches", "Paths", "as_dims",
+                 "count_parameters", "resolve_branches", "resolve_paths"),
     "blocks": ("CAB", "FFN", "MLP", "SAB", "Attention", "SingleKeyCAB"),
     "config": ("ABLATIONS", "FeatureDims", "LossConfig", "ModelConfig", "OptimConfig",
                "ablation", "to_dataclass"),
@@ -32,6 +32,7 @@ __all__ = [
     "AVMasterOutput",
     "AnswerDecoder",
     "Attention",
+    "Branches",
     "ClassHead",
     "FeatureDims",
     "FocusCapture",
@@ -49,6 +50,7 @@ __all__ = [
     "ablation",
     "as_dims",
     "count_parameters",
+    "resolve_branches",
     "resolve_paths",
     "to_dataclass",
 ]
