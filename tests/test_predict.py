@@ -62,13 +62,10 @@ def test_predict_prints_answer_top5_and_timing(trained, capsys):
 def test_explain_writes_a_picture(trained, tmp_path, capsys):
     video, ckpt = trained
     out = tmp_path / "why.png"
-    assert main(["explain", str(video), "Is there a voiceover?", "--ckpt", str(ckpt),
-                 "--out", str(out)]) == 0
-    assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    printed = capsys.readouterr().out
-    assert "audio: " in printed and "visual: " in printed  # the seconds it depends on
+    capsys.readouterr()
     assert main(["explain", str(video), "Is there a voiceover?", "--ckpt", str(ckpt),
                  "--out", str(out), "--json"]) == 0
+    assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads(capsys.readouterr().out)
     assert set(result["attribution"]) == {"audio", "visual"}
     assert all(len(v) == SECONDS for v in result["attribution"].values())
