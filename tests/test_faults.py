@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +19,7 @@ from avmaster.cli import main
 FROZEN = ["optim.lr=0", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
           "data.test=[]"]
 STEPS = 2  # training batches per epoch
+CHILD_TIMEOUT_S = 300
 
 
 def _epoch_step(path: Path) -> tuple[int, int]:
@@ -77,6 +79,7 @@ def test_kill_mid_epoch_then_resume_logs_each_step_once(
     frozen = [*FROZEN, "trainer.limit_train_batches=4"]
     pid = os.fork()  # the child trains and is killed two batches into epoch 1
     if pid == 0:
+        torch.set_num_threads(1)  # OpenMP's thread pool does not survive a fork
         build = run_module.build_trainer
         monkeypatch.setattr(run_module, "build_trainer", lambda cfg, **kw: build(
             cfg, **{**kw, "callbacks": [*(kw.get("callbacks") or []), KillMidEpoch(4 + 2)]}))
@@ -84,7 +87,14 @@ def test_kill_mid_epoch_then_resume_logs_each_step_once(
             main(["train", *overrides, *frozen, "trainer.max_epochs=3"])
         finally:
             os._exit(0)
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
+    while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not done[0]:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"the training child did not finish in {CHILD_TIMEOUT_S} s")
+    status = done[1]
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     run = tmp_path / "runs" / "tiny"
     assert _train_rows(run) == list(range(5))  # epoch 0 and the partial epoch 1 were logged
