@@ -140,11 +140,11 @@ def train(cfg: Config) -> TrainResult:
     })
     callbacks = [c for c in (best, last) if c is not None]
     trainer = build_trainer(cfg, callbacks=[*callbacks, LearningRateMonitor("epoch"), features])
-    resume, start = _resume_point(cfg, ckpt_dir)
+    resume, step = _resume_point(cfg, ckpt_dir)
     (cfg.run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg.run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
-    if start is not None:
-        drop_rows_after(cfg.run_dir / "logs" / "metrics.csv", int(start.get("global_step", 0)))
+    if step is not None:
+        drop_rows_after(cfg.run_dir / "logs" / "metrics.csv", step)
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     best_path = (best.best_model_path if best else "") or last.best_model_path
     results = None
@@ -153,17 +153,17 @@ def train(cfg: Config) -> TrainResult:
     return TrainResult(best_path, last.best_model_path, results)
 
 
-def _resume_point(cfg: Config, ckpt_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
+def _resume_point(cfg: Config, ckpt_dir: Path) -> tuple[str | None, int | None]:
     """The checkpoint to continue from (``ckpt=`` or this run's newest readable one) and its
-    contents; refuses to start over in a folder holding checkpoints with ``resume=false``."""
+    global step; refuses to start over in a folder holding checkpoints with ``resume=false``."""
     if cfg.ckpt is not None:
-        return str(cfg.ckpt), read_checkpoint(cfg.ckpt)
+        return str(cfg.ckpt), int(read_checkpoint(cfg.ckpt).get("global_step", 0))
     if cfg.resume:
         found = newest_readable(ckpt_dir)
         if found is None:
             return None, None
         log.info("resuming from %s", found[0])
-        return str(found[0]), found[1]
+        return str(found[0]), int(found[1].get("global_step", 0))
     earlier = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
     if earlier:
         raise FileExistsError(
