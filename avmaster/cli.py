@@ -20,7 +20,7 @@ commands:
   import-features --release NAME --npy DIR --out DIR    released .npy features into the store
   demo     [--out DIR] [--quick]                    synthetic data -> extract -> train -> eval
   predict  VIDEO "question" --ckpt FILE                       answer a question about a video
-  explain  VIDEO "question" --ckpt FILE --out FILE.png   focus over time, modality preference
+  explain  VIDEO "question" --ckpt FILE --out FILE.png   seconds the answer depends on
   config   [--config FILE] [data=NAME] [key=value ...]            print the resolved config
 """
 
@@ -40,14 +40,14 @@ def _config_args(argv: Sequence[str], prog: str) -> tuple[str | None, list[str]]
 
 
 def cmd_train(argv: Sequence[str]) -> int:
-    from avmaster.config import load_config
-    from avmaster.training import train
-
     p = _parser("train")
     p.add_argument("--seeds", type=int, default=None,
                    help="train seeds 0..N-1 into <name>/seed<k> and write the aggregate "
                         "(mean +- std over seeds, pooled interval) as <name>/results_<data>")
     a = p.parse_args(argv)
+    from avmaster.config import load_config
+    from avmaster.training import train
+
     cfg = load_config(a.config, a.overrides)
     if a.seeds is not None:
         from avmaster.seeds import train_seeds
@@ -60,12 +60,13 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 
 def cmd_eval(argv: Sequence[str]) -> int:
+    args = _config_args(argv, "eval")
     from pathlib import Path
 
     from avmaster.config import load_config
     from avmaster.training import evaluate
 
-    cfg = load_config(*_config_args(argv, "eval"))
+    cfg = load_config(*args)
     if cfg.ckpt and Path(cfg.ckpt).is_dir():  # a run folder, or one of several seeds
         from avmaster.seeds import evaluate_folder
 
@@ -76,29 +77,18 @@ def cmd_eval(argv: Sequence[str]) -> int:
 
 
 def cmd_config(argv: Sequence[str]) -> int:
+    args = _config_args(argv, "config")
     from omegaconf import OmegaConf
 
     from avmaster.config import load_config, to_dict
 
-    cfg = load_config(*_config_args(argv, "config"))
+    cfg = load_config(*args)
     print(OmegaConf.to_yaml(to_dict(cfg)), end="")
     return 0
 
 
 def cmd_score(argv: Sequence[str]) -> int:
-    from pathlib import Path
-
-    from avmaster.data.annotations import (
-        HEAD_TAIL_GROUPS,
-        concat,
-        ensure_head_tail,
-        load_annotations,
-    )
-    from avmaster.data.tables import get_table
-    from avmaster.data.vocab import AnswerVocab
-    from avmaster.metrics import intervals_of
-    from avmaster.paths import resolve
-    from avmaster.scoring import read_predictions, score
+    from avmaster.data.annotations import HEAD_TAIL_GROUPS
 
     p = argparse.ArgumentParser(prog="avmaster score", description=(
         "Score predictions (JSONL of question id -> answer, free text with <answer>X</answer> "
@@ -114,7 +104,14 @@ def cmd_score(argv: Sequence[str]) -> int:
                    help="groups the head/tail rule counts answers in (files without head_tail)")
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     a = p.parse_args(argv)
-    from avmaster.metrics import write_results
+    from pathlib import Path
+
+    from avmaster.data.annotations import concat, ensure_head_tail, load_annotations
+    from avmaster.data.tables import get_table
+    from avmaster.data.vocab import AnswerVocab
+    from avmaster.metrics import intervals_of, write_results
+    from avmaster.paths import resolve
+    from avmaster.scoring import read_predictions, score
 
     sets = concat([load_annotations(f, "test") for f in a.annotations], "test")
     sets.report(logging.getLogger("avmaster.score"))
@@ -166,19 +163,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Lightning prints through its own handler; propagating as well would print each line twice
     logging.getLogger("lightning").propagate = False
     logging.getLogger("avmaster").setLevel(logging.INFO)
+    for name in RANK_ZERO_LOGGERS:
+        logging.getLogger(name).addFilter(_drop_tips)
+    try:
+        return COMMANDS[command](rest)
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
+        print(f"avmaster {command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+# Lightning's rank-zero messages (its install tips among them) go through these loggers.
+RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero",
+                     "lightning.fabric.utilities.rank_zero", "lightning_utilities.core.rank_zero")
+
+
+def _drop_tips(record: logging.LogRecord) -> bool:
+    """Lightning advertises optional packages ("Tip: ... try installing ...") in every run."""
+    return "Tip: For seamless" not in str(record.msg)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's input to fix: one line, exit 2, no traceback. Imported
+    only when something went wrong, so that ``--help`` stays light."""
+    from avmaster.checkpoints import CheckpointError
     from avmaster.compare import CompareError
     from avmaster.config import ConfigError
     from avmaster.data.annotations import AnnotationError
     from avmaster.data.store import FeatureStoreError
+    from avmaster.extract.extractor import UndecodableVideoError
     from avmaster.scoring import PredictionError
     from avmaster.seeds import AggregateError
 
-    try:
-        return COMMANDS[command](rest)
-    except (ConfigError, AnnotationError, FeatureStoreError, PredictionError, CompareError,
-            AggregateError, FileNotFoundError, FileExistsError) as e:
-        print(f"avmaster {command}: error: {e}", file=sys.stderr)
-        return 2
+    return (ConfigError, AnnotationError, FeatureStoreError, PredictionError, CheckpointError,
+            UndecodableVideoError, CompareError, AggregateError, FileNotFoundError,
+            FileExistsError)
 
 
 if __name__ == "__main__":

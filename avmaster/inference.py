@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from avmaster.checkpoints import read_checkpoint
 from avmaster.data.annotations import strip_question
 from avmaster.data.batch import Batch
+from avmaster.extract.decoded import Problem
 from avmaster.lightning_module import TOP_K, AVMasterModule
 from avmaster.models.avmaster import AVMasterOutput
 from avmaster.training import CKPT_KEY
@@ -60,6 +62,10 @@ class Prediction:
     output: AVMasterOutput = field(repr=False)
     names: list[str] = field(default_factory=list)  # every answer (or option), index order
     paths: dict[str, list[float]] = field(default_factory=dict)  # per-path softmax
+    # what extraction met with the video (truncated, short, no or silent audio, ...): the
+    # answer then rests on padded or empty features
+    problems: list[Problem] = field(default_factory=list)
+    batch: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # model input
 
 
 class Predictor:
@@ -67,10 +73,8 @@ class Predictor:
 
     def __init__(self, ckpt: Path | str, device: str = "cpu", **extract_overrides: Any):
         ckpt = Path(ckpt)
-        if not ckpt.exists():
-            raise FileNotFoundError(f"{ckpt}: checkpoint not found")
         t0 = time.perf_counter()
-        raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+        raw = read_checkpoint(ckpt)
         self.module = AVMasterModule.load_from_checkpoint(ckpt, map_location=device).eval()
         self.device = torch.device(device)
         self.answers = self.module.hparams.get("answers")
@@ -87,7 +91,9 @@ class Predictor:
                  options: Sequence[str] | None = None) -> Prediction:
         timings = {}
         t0 = time.perf_counter()
-        visual, audio, _ = self.extractor.encode_video_file(video)
+        if not Path(video).is_file():
+            raise FileNotFoundError(f"{video}: video not found")
+        visual, audio, problems = self.extractor.encode_video_file(video)
         timings["extract video"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         texts = [strip_question(question), *(options or ())]
@@ -115,4 +121,5 @@ class Predictor:
         paths = {name: torch.softmax(logits[0].float(), -1).cpu().tolist()
                  for name, logits in (("multimodal", out.logits), ("audio", out.audio_logits),
                                       ("visual", out.visual_logits)) if logits is not None}
-        return Prediction(ranked[0][0], ranked, timings, out, list(names), paths)
+        return Prediction(ranked[0][0], ranked, timings, out, list(names), paths, problems,
+                          batch)

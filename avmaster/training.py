@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import warnings
@@ -18,8 +19,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from avmaster.atomic import atomic_path, atomic_write_text
+from avmaster.checkpoints import LAST, newest_readable, read_checkpoint
 from avmaster.config import Config, to_dict
 from avmaster.data.datamodule import AVQADataModule
 from avmaster.data.store import read_settings
@@ -29,10 +32,12 @@ from avmaster.metrics import write_results
 log = logging.getLogger(__name__)
 CKPT_KEY = "avmaster_features"  # checkpoint entry: the extraction settings of its features
 
-# Two warnings every run would print that say nothing about the user's setup: AVMasterModule's
-# float16 -> float32 cast hook, and a torch deprecation inside Lightning's own code.
+# Warnings every run would print that say nothing about the user's setup: AVMasterModule's
+# float16 -> float32 cast hook, a torch deprecation inside Lightning's own code, and a
+# non-empty checkpoint folder on resume (train() itself refuses to overwrite an earlier run).
 for _message in (r"You have overridden `on_after_batch_transfer`",
-                 r"`isinstance\(treespec, LeafSpec\)` is deprecated"):
+                 r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                 r"Checkpoint directory .* exists and is not empty"):
     warnings.filterwarnings("ignore", message=_message)
 
 
@@ -113,56 +118,95 @@ class TrainResult:
 
 
 def train(cfg: Config) -> TrainResult:
-    """Fit on ``data.train``, select on ``data.val``, resume from ``last.ckpt`` when present,
-    then evaluate the best checkpoint on ``data.test`` (when listed)."""
+    """Fit on ``data.train``, select on ``data.val``, resume from the newest readable checkpoint
+    (``last.ckpt``, written at the end of every epoch) when present, then evaluate the best
+    checkpoint on ``data.test`` (when listed)."""
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     ckpt_dir = cfg.run_dir / "checkpoints"
-    has_val = bool(cfg.data.val)
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="epoch{epoch:02d}", auto_insert_metric_name=False,
-        monitor="val/avg" if has_val else None, mode="max", save_last=True, save_top_k=1,
-    )
+    # Lightning's save_last rewrites last.ckpt only when the monitored best improves, so the
+    # last epoch gets a callback of its own; the best epoch is kept as epochNN.ckpt.
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename=Path(LAST).stem, save_top_k=1,
+                           enable_version_counter=False, save_on_train_epoch_end=True)
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:02d}",
+                           auto_insert_metric_name=False, monitor="val/avg", mode="max",
+                           save_top_k=1) if cfg.data.val else None
     features = FeatureSettingsCallback({
         "visual": read_settings(dm.feature_path(cfg.data.visual_features)),
         "audio": read_settings(dm.feature_path(cfg.data.audio_features)),
         "text": read_settings(dm.feature_path(cfg.data.text_features)),
         "seconds": cfg.data.seconds,
     })
-    trainer = build_trainer(cfg, callbacks=[checkpoint, LearningRateMonitor("epoch"), features])
-    resume = cfg.ckpt
-    earlier = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
-    if resume is None and cfg.resume and (ckpt_dir / "last.ckpt").exists():
-        resume = str(ckpt_dir / "last.ckpt")
-        log.info("resuming from %s", resume)
-    elif resume is None and earlier:
-        raise FileExistsError(
-            f"{cfg.run_dir}: this run folder already holds checkpoints of an earlier run "
-            f"({', '.join(p.name for p in earlier)}); starting over would overwrite them. "
-            "Choose another name=..., continue it with resume=true, or delete the folder.")
+    callbacks = [c for c in (best, last) if c is not None]
+    trainer = build_trainer(cfg, callbacks=[*callbacks, LearningRateMonitor("epoch"), features])
+    resume, step = _resume_point(cfg, ckpt_dir)
     (cfg.run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg.run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+    if step is not None:
+        drop_rows_after(cfg.run_dir / "logs" / "metrics.csv", step)
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
-    best = checkpoint.best_model_path or checkpoint.last_model_path
+    best_path = (best.best_model_path if best else "") or last.best_model_path
     results = None
     if cfg.data.test or cfg.data.test_head:
-        results = evaluate(cfg, best, trainer_logs=False)
-    return TrainResult(best, checkpoint.last_model_path, results)
+        results = evaluate(cfg, best_path, trainer_logs=False, dm=dm)
+    return TrainResult(best_path, last.best_model_path, results)
 
 
-def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
-             ) -> dict[str, float]:
+def _resume_point(cfg: Config, ckpt_dir: Path) -> tuple[str | None, int | None]:
+    """The checkpoint to continue from (``ckpt=`` or this run's newest readable one) and its
+    global step; refuses to start over in a folder holding checkpoints with ``resume=false``."""
+    if cfg.ckpt is not None:
+        return str(cfg.ckpt), int(read_checkpoint(cfg.ckpt).get("global_step", 0))
+    if cfg.resume:
+        found = newest_readable(ckpt_dir)
+        if found is None:
+            return None, None
+        log.info("resuming from %s", found[0])
+        return str(found[0]), int(found[1].get("global_step", 0))
+    earlier = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    if earlier:
+        raise FileExistsError(
+            f"{cfg.run_dir}: resume=false, but this run folder already holds checkpoints of an "
+            f"earlier run ({', '.join(p.name for p in earlier)}) that starting over would "
+            "overwrite. Drop resume=false to continue it, or choose another name=...")
+    return None, None
+
+
+@rank_zero_only
+def drop_rows_after(metrics: Path, step: int) -> int:
+    """Remove the rows a killed run logged past the checkpoint it resumes from (``step`` >= the
+    checkpoint's global step): the rerun logs those steps again. Returns how many went."""
+    if not metrics.exists():
+        return 0
+    with open(metrics, newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames or [], list(reader)
+    kept = [r for r in rows if not r.get("step") or int(float(r["step"])) < step]
+    dropped = len(rows) - len(kept)
+    if dropped:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_text(metrics, buffer.getvalue())
+        log.warning("%s: dropped %d rows logged after step %d by the interrupted run (the "
+                    "resumed run logs those steps again)", metrics, dropped, step - 1)
+    return dropped
+
+
+def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True,
+             dm: AVQADataModule | None = None) -> dict[str, float]:
     """Per-type accuracy of a checkpoint on ``data.test``; writes ``results.json``/``.md`` and,
     with ``save_predictions``, ``predictions.jsonl`` (question id, answer, top-5) in the run
     folder. Returns the table (percent)."""
     ckpt = ckpt or cfg.ckpt
     if not ckpt:
         raise ValueError("evaluation needs a checkpoint: pass ckpt=path/to/file.ckpt")
-    if not Path(ckpt).exists():
-        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+    read_checkpoint(ckpt)  # one clear error for a missing or truncated file
     module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
-    dm = build_datamodule(cfg, answers=module.hparams.get("answers"))
+    # after training, its datamodule (files loaded once, warnings given once) is reused
+    dm = dm or build_datamodule(cfg, answers=module.hparams.get("answers"))
     trainer = build_trainer(cfg, logs=trainer_logs)
     logged = trainer.test(module, datamodule=dm, verbose=False)[0]
     columns = [c for c, _ in dm.spec.columns]
@@ -170,12 +214,18 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
     groups = torch.from_numpy(dm.dataset("test").groups)
     counts = dm.spec.counts(torch.bincount(groups, minlength=len(dm.spec.groups)).tolist())
     out = cfg.run_dir / f"results_{cfg.data.name}"
+    meta: dict[str, Any] = {"checkpoint": str(ckpt), "data": cfg.data.name,
+                            "test": list(cfg.data.test)}
+    if "test" in dm.left_out:
+        meta["questions"] = dm.left_out["test"].as_dict()
     if trainer.is_global_zero:
-        js, md = write_results(out, dm.spec, accuracy, counts,
-                               meta={"checkpoint": str(ckpt), "data": cfg.data.name,
-                                     "test": list(cfg.data.test),
-                                     "data_config": data_config(cfg)})
+        meta["data_config"] = data_config(cfg)
+        js, md = write_results(out, dm.spec, accuracy, counts, meta=meta)
         print(md.read_text())
+        if "questions" in meta:
+            q = meta["questions"]
+            print(f"evaluated on {q['evaluated']} of {q['annotated']} questions "
+                  f"({len(q['videos_without_features'])} videos without features left out)")
         log.info("results written to %s and %s", js, md)
     if cfg.save_predictions:
         write_predictions(trainer, module, dm, cfg.run_dir / f"predictions_{cfg.data.name}.jsonl")

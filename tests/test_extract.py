@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -450,3 +451,17 @@ def test_synthetic_clip_spec(tmp_path: Path) -> None:
     path = synthetic_clip(tmp_path / "c.webm", ClipSpec(seconds=2), fps=5)
     with av.open(str(path)) as c:
         assert c.streams.video[0].average_rate == 5
+
+
+def test_remerge_counts_and_strict_exit_status(single_run: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(single_run, out)
+    first = json.loads(paths_of(single_run).summary.read_text())["videos"]
+    first["listed"] = None  # --merge alone lists no folder
+    for _ in range(2):  # a re-merge of the same data counts the same failures
+        assert main(["--out", str(out), "--merge", *TINY]) == 0
+        assert json.loads(capsys.readouterr().out)["videos"] == first
+    assert main(["--out", str(out), "--merge", "--strict", *TINY]) == 3
+    err = capsys.readouterr().err
+    assert f"{len(FAILED) + 1} videos have no features" in err

@@ -527,3 +527,24 @@ def test_ddp_two_process_cpu_smoke(tmp_path: Path) -> None:
     assert sorted(x.split()[0] for x in lines) == ["RANK0", "RANK1"]
     assert all("WORLD2" in x for x in lines)
     assert len({x.split()[2] for x in lines}) == 1  # both ranks log the same synced accuracy
+
+
+def test_occlusion_matches_one_second_at_a_time_and_ignores_unseen_inputs():
+    from avmaster.attribution import occlusion
+
+    batch = {k: v[:1] for k, v in make_batch().items()}
+    model, _ = build()
+    model.eval()
+    drops = occlusion(model, batch, target=2)
+    full = model(batch).probs()[0, 2]
+    for name in ("audio", "visual"):
+        assert drops[name].shape == (T,) and drops[name].abs().max() > 0
+        for t in (0, T - 1):  # the batched occlusion equals occluding that second alone
+            one = {**batch, name: batch[name].clone()}
+            one[name][0, t] = batch[name][0].mean(0)
+            expected = full - model(one).probs()[0, 2]
+            assert drops[name][t] == pytest.approx(float(expected), abs=1e-5)
+    blind, _ = build("question_only")  # a model that never reads audio or video
+    blind.eval()
+    for drop in occlusion(blind, batch, target=2).values():
+        assert drop.abs().max() < 1e-6  # batch-size rounding only

@@ -59,15 +59,58 @@ def test_predict_prints_answer_top5_and_timing(trained, capsys):
     assert len(re.findall(r"^\s+\d+\.\d%\s+\S+$", out, re.MULTILINE)) == 5
 
 
-def test_explain_writes_a_picture(trained, tmp_path):
+def test_explain_writes_a_picture(trained, tmp_path, capsys):
     video, ckpt = trained
     out = tmp_path / "why.png"
+    capsys.readouterr()
     assert main(["explain", str(video), "Is there a voiceover?", "--ckpt", str(ckpt),
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--json"]) == 0
     assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["attribution"]) == {"audio", "visual"}
+    assert all(len(v) == SECONDS for v in result["attribution"].values())
 
 
 def test_predict_missing_checkpoint(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "v.mp4"), "q", "--ckpt",
                  str(tmp_path / "none.ckpt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_predict_warns_about_degraded_video(trained, tmp_path, capsys):
+    from avmaster.inference import Predictor
+    from avmaster.predict import as_json
+
+    _, ckpt = trained
+    question = "How many instruments are sounding in the video?"
+    predictor = Predictor(ckpt)
+    for name, spec, kind in (("short", ClipSpec(seconds=2), "short_video"),
+                             ("mute", ClipSpec(seconds=SECONDS, audio=False), "no_audio_stream"),
+                             ("silent", ClipSpec(seconds=SECONDS, silent=True), "silent_audio")):
+        synthetic_clip(tmp_path / f"{name}.mp4", spec)
+        result = json.loads(as_json(predictor(tmp_path / f"{name}.mp4", question)))
+        assert [p["kind"] for p in result["problems"]] == [kind], name
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "short.mp4"), question, "--ckpt", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("warning: short video: ") and "\nanswer: " in out
+
+
+def test_predict_on_unreadable_video_is_one_line(trained, tmp_path, capsys):
+    _, ckpt = trained
+    for command, content in (("predict", b"\x00garbage" * 500), ("explain", b"")):
+        video = tmp_path / f"{command}.mp4"
+        video.write_bytes(content)
+        capsys.readouterr()
+        assert main([command, str(video), "q", "--ckpt", str(ckpt)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and str(video) in err and "cannot be decoded" in err
+
+
+def test_predict_with_truncated_checkpoint_is_one_line(trained, tmp_path, capsys):
+    video, ckpt = trained
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(ckpt.read_bytes()[:3000])
+    assert main(["predict", str(video), "q", "--ckpt", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "not a readable checkpoint" in err

@@ -89,7 +89,9 @@ def test_command_line_prints_each_log_line_once(overrides):
     log = done.stdout + done.stderr
     # Lightning's lines come once, from its own handler, not again through the root logger
     assert "INFO: GPU available:" in log and "INFO lightning." not in log, log
-    assert "INFO avmaster.data.datamodule: train: 108 questions" in log  # ours, once each
+    for split in ("train", "val", "test"):  # ours, once each (also after evaluation)
+        assert log.count(f"INFO avmaster.data.datamodule: {split}: 108 questions") == 1, log
+    assert "Tip:" not in log  # Lightning's advertising for optional packages
 
 
 def test_eval_needs_a_checkpoint(overrides, capsys):

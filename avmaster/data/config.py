@@ -34,6 +34,9 @@ class DataConfig:
     visual_features: str = "visual_vit-l-14-336_openai.h5"
     audio_features: str = "audio_vggish.h5"
     text_features: str = "text_vit-l-14-336_openai.h5"
+    # true: questions whose video has no features (failed extraction) are left out, counted per
+    # split in the log and in the results file; false: such videos stop the run
+    skip_videos_without_features: bool = False
     seconds: int = 60  # T: every video is padded (last second repeated) or trimmed to this
     preload: bool = True  # read every feature into RAM once (MUSIC-AVQA fits)
     batch_size: int = 32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -17,13 +18,27 @@ from avmaster.data.annotations import (
 )
 from avmaster.data.config import DataConfig
 from avmaster.data.dataset import QADataset
-from avmaster.data.store import TextFeatures, VideoFeatures
+from avmaster.data.records import QARecord
+from avmaster.data.store import MissingFeaturesError, TextFeatures, VideoFeatures
 from avmaster.data.tables import TableSpec, get_table
 from avmaster.data.vocab import AnswerVocab
 from avmaster.paths import resolve
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """Questions of a split left out because their video has no features."""
+
+    annotated: int
+    kept: int
+    videos: list[str]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"annotated": self.annotated, "evaluated": self.kept,
+                "left_out": self.annotated - self.kept, "videos_without_features": self.videos}
 
 
 class AVQADataModule(L.LightningDataModule):
@@ -42,6 +57,7 @@ class AVQADataModule(L.LightningDataModule):
         self.vocab: AnswerVocab | None = None
         self.annotations: dict[str, AnnotationSet] = {}
         self.datasets: dict[str, QADataset] = {}
+        self.left_out: dict[str, LeftOut] = {}
         self._stores: tuple[VideoFeatures, VideoFeatures, TextFeatures] | None = None
 
     # -- paths ---------------------------------------------------------------------------
@@ -120,13 +136,34 @@ class AVQADataModule(L.LightningDataModule):
             if split is None:
                 raise ValueError(f"data.{stage} lists no annotation file")
             vocab = None if self.multiple_choice else self.build_vocab()
-            ds = QADataset(split.records, vocab, *self.stores(), self.spec)
+            records = split.records
+            if self.cfg.skip_videos_without_features:
+                records = self._leave_out_videos_without_features(stage, records)
+            ds = QADataset(records, vocab, *self.stores(), self.spec)
             if ds.num_unknown:
                 what = "left out of the losses" if stage == "train" else "scored as wrong"
                 log.warning("%s: %d of %d answers are outside the answer vocabulary; %s",
                             stage, ds.num_unknown, len(ds), what)
             self.datasets[stage] = ds
         return self.datasets[stage]
+
+    def _leave_out_videos_without_features(self, stage: str, records: list[QARecord]
+                                           ) -> list[QARecord]:
+        """``records`` less the questions whose video is missing from a feature file; the
+        count is logged and kept in :attr:`left_out` (the results file reports it)."""
+        visual, audio, _ = self.stores()
+        missing = sorted({r.video_id for r in records} - (visual.ids & audio.ids))
+        kept = [r for r in records if r.video_id not in set(missing)]
+        self.left_out[stage] = LeftOut(len(records), len(kept), missing)
+        if missing:
+            more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+            log.warning("%s: %d of %d questions left out: %d videos have no features (%s%s); "
+                        "data.skip_videos_without_features=true", stage,
+                        len(records) - len(kept), len(records), len(missing),
+                        ", ".join(missing[:5]), more)
+        if not kept:
+            raise MissingFeaturesError(visual.path, missing)
+        return kept
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),

@@ -39,11 +39,15 @@ class MissingFeaturesError(FeatureStoreError):
         self.path, self.missing = str(path), list(missing)
         shown = ", ".join(self.missing[:8])
         more = f" (+{len(self.missing) - 8} more)" if len(self.missing) > 8 else ""
-        super().__init__(
-            f"{self.path}: {len(self.missing)} {what} have no features: {shown}{more}. "
-            "Run `avmaster extract` on the missing videos/questions (a rerun computes only what "
-            "is missing), or point the data config at the right feature file."
-        )
+        fix = ("Run `avmaster extract` on the missing videos/questions (a rerun computes only "
+               "what is missing), or point the data config at the right feature file.")
+        if what == "video ids":
+            fix += (" Videos that failed extraction stay failed on a rerun (see the extraction "
+                    "report; --retry-failed tries them again): set "
+                    "data.skip_videos_without_features=true to leave their questions out "
+                    "(counted in the log and the results).")
+        super().__init__(f"{self.path}: {len(self.missing)} {what} have no features: "
+                         f"{shown}{more}. {fix}")
 
 
 def text_key(text: str) -> str:

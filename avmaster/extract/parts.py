@@ -366,8 +366,11 @@ def _merge_videos(cfg: ExtractConfig, paths: FeaturePaths, written: list[Path]
     index = read_video_parts(video_parts_dir(cfg))
     source: dict[str, Path | None] = dict.fromkeys(base - index.failed)
     source.update(index.source)
-    old = _read_report(paths.report)
-    problems = {vid: ps for vid, ps in old.items() if vid not in index.problems}
+    # listing problems come from the listings below on every merge; read back from the old
+    # report as well, a missing file would count as failed on a re-merge only
+    old = {vid: [p for p in ps if p.kind not in LISTING_KINDS]
+           for vid, ps in _read_report(paths.report).items()}
+    problems = {vid: ps for vid, ps in old.items() if vid not in index.problems and ps}
     problems.update(index.problems)
     failed = (index.failed | {v for v, ps in problems.items() if any(p.failed for p in ps)}) \
         - set(source)

@@ -19,14 +19,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from avmaster.atomic import TEMP_PATTERN, atomic_write_text
 from avmaster.data.annotations import AnnotationError
-from avmaster.data.store import FeatureStoreError, text_key
 from avmaster.extract.config import (
     DEVICES,
     HWACCELS,
@@ -38,33 +37,12 @@ from avmaster.extract.config import (
     text_settings,
     visual_settings,
 )
-from avmaster.extract.decode import iter_decoded
-from avmaster.extract.decoded import MISSING_FILE, DecodedVideo, Problem
-from avmaster.extract.encoders import WeightsUnavailableError
-from avmaster.extract.extractor import FeatureExtractor
-from avmaster.extract.listing import find_videos
-from avmaster.extract.parts import (
-    LISTING,
-    TEXT_PART,
-    VIDEO_PART,
-    MergeResult,
-    VideoPartWriter,
-    VideoResult,
-    clean_parts,
-    count_by_kind,
-    done_text_keys,
-    done_videos,
-    list_parts,
-    merge,
-    shard_name,
-    text_keys_in,
-    text_parts_dir,
-    video_ids_in,
-    video_parts_dir,
-    write_listing,
-    write_text_part,
-)
 from avmaster.extract.text import collect_texts
+
+if TYPE_CHECKING:  # decoding and encoding load on first use, so that --help stays fast
+    from avmaster.extract.decoded import DecodedVideo, Problem
+    from avmaster.extract.extractor import FeatureExtractor
+    from avmaster.extract.parts import MergeResult, VideoPartWriter
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +50,7 @@ TEXT_PART_SIZE = 8192  # texts per text part
 STALE_TMP_SECONDS = 24 * 3600  # temporary files older than this are leftovers of killed runs
 POSTFIX_EVERY = 8  # videos between progress-bar postfix updates
 INTERRUPTED = 130  # exit status after Ctrl-C, as shells report it
+INCOMPLETE = 3  # exit status with --strict when some listed videos have no features
 
 
 @dataclass
@@ -103,6 +82,11 @@ class RunStats:
 
 def make_plan(cfg: ExtractConfig) -> Plan:
     """List videos and texts, split them by shard, and drop what is already done."""
+    from avmaster.data.store import text_key
+    from avmaster.extract.decoded import MISSING_FILE, Problem
+    from avmaster.extract.listing import find_videos
+    from avmaster.extract.parts import done_text_keys, done_videos
+
     if cfg.videos is None and not cfg.annotations:
         raise ValueError("nothing to extract: give --videos and/or --annotations")
     texts: list[str] = []
@@ -157,6 +141,9 @@ def _encode_group(extractor: FeatureExtractor, group: list[DecodedVideo],
 def extract_videos(cfg: ExtractConfig, extractor: FeatureExtractor,
                    items: Sequence[tuple[str, Path]], stats: RunStats) -> None:
     """Decode ``items`` on worker processes, encode in cross-video batches, write parts."""
+    from avmaster.extract.decode import iter_decoded
+    from avmaster.extract.parts import VideoPartWriter, VideoResult, shard_name, video_parts_dir
+
     writer = VideoPartWriter(video_parts_dir(cfg), cfg)
     spec = extractor.decode_spec
     _ = extractor.vggish  # build both encoders before the workers start
@@ -187,6 +174,8 @@ def extract_videos(cfg: ExtractConfig, extractor: FeatureExtractor,
 
 def extract_texts(cfg: ExtractConfig, extractor: FeatureExtractor, texts: Sequence[str],
                   stats: RunStats) -> None:
+    from avmaster.extract.parts import shard_name, text_parts_dir, write_text_part
+
     folder = text_parts_dir(cfg)
     bar = tqdm(total=len(texts), unit="text", disable=not cfg.progress, dynamic_ncols=True,
                desc=f"texts {shard_name(cfg.shard)}")
@@ -215,6 +204,9 @@ def remove_stale_temp(folder: Path, older_than: float = STALE_TMP_SECONDS) -> in
 
 
 def _all_done(cfg: ExtractConfig, plan: Plan) -> bool:
+    from avmaster.data.store import text_key
+    from avmaster.extract.parts import done_text_keys, done_videos
+
     done = done_videos(cfg) if plan.all_videos else None
     finished = set() if done is None else done.ok | done.failed
     if any(v not in finished for v in plan.all_videos):
@@ -224,6 +216,15 @@ def _all_done(cfg: ExtractConfig, plan: Plan) -> bool:
 
 
 def _needs_merge(cfg: ExtractConfig, plan: Plan) -> bool:
+    from avmaster.extract.parts import (
+        LISTING,
+        TEXT_PART,
+        VIDEO_PART,
+        list_parts,
+        text_parts_dir,
+        video_parts_dir,
+    )
+
     paths = feature_paths(cfg)
     finals = []
     if plan.all_videos:
@@ -242,6 +243,9 @@ def _needs_merge(cfg: ExtractConfig, plan: Plan) -> bool:
 def summarize(cfg: ExtractConfig, stats: RunStats, merged: MergeResult | None,
               plan: Plan | None, device: str = "") -> dict[str, Any]:
     """The run's summary (what the merge wrote when it ran, else this shard's own counts)."""
+    from avmaster.extract.decoded import MISSING_FILE
+    from avmaster.extract.parts import count_by_kind
+
     paths = feature_paths(cfg)
     run = {
         "shard": f"{cfg.shard[0]}/{cfg.shard[1]}",
@@ -283,6 +287,9 @@ def summarize(cfg: ExtractConfig, stats: RunStats, merged: MergeResult | None,
 
 def run(cfg: ExtractConfig) -> dict[str, Any]:
     """Extract what ``cfg`` asks for (this shard), merge when due; returns the summary."""
+    from avmaster.extract.extractor import FeatureExtractor
+    from avmaster.extract.parts import clean_parts, merge, video_parts_dir, write_listing
+
     paths = feature_paths(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     removed = remove_stale_temp(cfg.out)
@@ -324,17 +331,22 @@ def run(cfg: ExtractConfig) -> dict[str, Any]:
 
 def merge_result_from_files(cfg: ExtractConfig) -> MergeResult:
     """A :class:`MergeResult` for final files that are already up to date (from the report)."""
+    from avmaster.extract.decoded import Problem
+    from avmaster.extract.parts import LISTING_KINDS, MergeResult, text_keys_in, video_ids_in
+
     paths = feature_paths(cfg)
     problems = [Problem(**json.loads(line)) for line in
                 paths.report.read_text(encoding="utf-8").splitlines() if line.strip()]
     videos = len(video_ids_in(paths.visual)) if paths.visual.exists() else 0
     texts = len(text_keys_in(paths.text)) if paths.text.exists() else 0
-    failed = len({p.video_id for p in problems if p.failed})
+    failed = len({p.video_id for p in problems if p.failed and p.kind not in LISTING_KINDS})
     return MergeResult(videos, failed, texts, problems, [])
 
 
 def _finish(cfg: ExtractConfig, stats: RunStats, merged: MergeResult | None, plan: Plan | None,
             device: str) -> dict[str, Any]:
+    from avmaster.extract.parts import shard_name, video_parts_dir
+
     summary = summarize(cfg, stats, merged, plan, device)
     text = json.dumps(summary, indent=2)
     paths = feature_paths(cfg)
@@ -431,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="... or every this many seconds")
     g.add_argument("--retry-failed", action="store_true",
                    help="retry videos that failed to decode in earlier runs")
+    g.add_argument("--strict", action="store_true",
+                   help=f"exit with status {INCOMPLETE} when some listed or annotated videos "
+                        "have no features after the merge (failed to decode, or no file)")
     g.add_argument("--dtype", default=d.dtype, choices=("float16", "float32"))
     g.add_argument("--no-progress", dest="progress", action="store_false")
     g.add_argument("--log-level", default="INFO")
@@ -448,12 +463,15 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point of ``avmaster extract`` / ``tools/extract_features.py``."""
     args = build_parser().parse_args(argv)
+    from avmaster.data.store import FeatureStoreError
+    from avmaster.extract.encoders import WeightsUnavailableError
+
     if not logging.getLogger().handlers:
         logging.basicConfig(level=args.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
-        run(cfg)
+        summary = run(cfg)
     except (WeightsUnavailableError, FeatureStoreError, AnnotationError, FileNotFoundError,
             ValueError, NotImplementedError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -462,7 +480,19 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the videos finished so far are saved; rerun the same command to "
               "resume", file=sys.stderr)
         return INTERRUPTED
-    return 0
+    missing = _without_features(summary)
+    return INCOMPLETE if args.strict and missing else 0
+
+
+def _without_features(summary: dict[str, Any]) -> int:
+    """Listed or annotated videos without features after the merge; says so on stderr."""
+    videos = summary.get("videos") or {}
+    n = int(videos.get("failed") or 0) + int(videos.get("missing_file") or 0)
+    if n:
+        print(f"{n} videos have no features ({videos.get('failed')} failed to decode, "
+              f"{videos.get('missing_file')} without a file): see {summary.get('report')}",
+              file=sys.stderr)
+    return n
 
 
 if __name__ == "__main__":

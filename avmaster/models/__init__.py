@@ -1,29 +1,26 @@
-"""AV-Master model: configuration, building blocks and the full network."""
+"""AV-Master model: configuration, building blocks and the full network.
 
-from avmaster.models.avmaster import (
-    AVMaster,
-    AVMasterOutput,
-    Branches,
-    Paths,
-    as_dims,
-    count_parameters,
-    resolve_branches,
-    resolve_paths,
-)
-from avmaster.models.blocks import CAB, FFN, MLP, SAB, Attention, SingleKeyCAB
-from avmaster.models.config import (
-    ABLATIONS,
-    FeatureDims,
-    LossConfig,
-    ModelConfig,
-    OptimConfig,
-    ablation,
-    to_dataclass,
-)
-from avmaster.models.decoders import AnswerDecoder, ClassHead, OptionHead, PathDecoder
-from avmaster.models.focus import FocusCapture, FocusOutput, FocusStep
-from avmaster.models.fusion import KeyFusion
-from avmaster.models.preference import PreferenceActivation
+Names are imported on first use, so that reading a configuration (``avmaster.models.config``)
+does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_MODULES = {
+    "avmaster": ("AVMaster", "AVMasterOutput", "Branches", "Paths", "as_dims",
+                 "count_parameters", "resolve_branches", "resolve_paths"),
+    "blocks": ("CAB", "FFN", "MLP", "SAB", "Attention", "SingleKeyCAB"),
+    "config": ("ABLATIONS", "FeatureDims", "LossConfig", "ModelConfig", "OptimConfig",
+               "ablation", "to_dataclass"),
+    "decoders": ("AnswerDecoder", "ClassHead", "OptionHead", "PathDecoder"),
+    "focus": ("FocusCapture", "FocusOutput", "FocusStep"),
+    "fusion": ("KeyFusion",),
+    "preference": ("PreferenceActivation",),
+}
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "ABLATIONS",
@@ -57,3 +54,9 @@ __all__ = [
     "resolve_paths",
     "to_dataclass",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(f"avmaster.models.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'avmaster.models' has no attribute {name!r}")

@@ -1,0 +1,92 @@
+"""The install: every third-party module the package imports is a declared requirement (not
+a dev extra), and ``--help`` of every command answers without loading torch."""
+
+import ast
+import configparser
+import importlib.metadata
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avmaster.cli import COMMANDS
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "lightning", "torchmetrics", "pandas", "matplotlib", "open_clip", "h5py")
+
+
+def _names(lines: str) -> set[str]:
+    found = (re.match(r"[A-Za-z0-9_.\-]+", line.strip()) for line in lines.splitlines())
+    return {_normal(m.group(0)) for m in found if m}
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared() -> set[str]:
+    """install_requires and every extra except dev (tests, notebooks, linters)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    names = _names(cfg["options"]["install_requires"])
+    for extra, lines in cfg["options.extras_require"].items():
+        if extra != "dev":
+            names |= _names(lines)
+    return names
+
+
+def imported_modules() -> dict[str, str]:
+    """Top-level module -> first file importing it, for every import in the package (also
+    those inside functions)."""
+    found: dict[str, str] = {}
+    for path in sorted((ROOT / "avmaster").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                found.setdefault(name.split(".")[0], str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_import_is_a_declared_requirement():
+    providers = importlib.metadata.packages_distributions()
+    allowed = declared()
+    missing = []
+    for module, where in imported_modules().items():
+        if module in sys.stdlib_module_names or module == "avmaster":
+            continue
+        dists = {_normal(d) for d in providers.get(module, [])}
+        if not dists & allowed:
+            missing.append(f"{module} ({where}; distribution {sorted(dists) or 'unknown'})")
+    assert not missing, f"imported but not in install_requires: {missing}"
+
+
+def test_help_of_every_command_loads_no_heavy_module():
+    code = ("import sys, contextlib, io\n"
+            "from avmaster.cli import main\n"
+            f"for command in {sorted(COMMANDS)!r}:\n"
+            "    try:\n"
+            "        with contextlib.redirect_stdout(io.StringIO()):\n"
+            "            main([command, '--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"--help imported {done.stdout.strip()}"
+
+
+@pytest.mark.parametrize("command", ["score", "extract"])
+def test_help_answers(command, capsys):
+    from avmaster.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and f"avmaster {command}" in capsys.readouterr().out
