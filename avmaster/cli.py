@@ -12,7 +12,8 @@ USAGE = """avmaster <command> [options]
 
 commands:
   train    [--config FILE] [data=NAME] [ablation=NAME] [key=value ...]   train AV-Master
-  eval     ckpt=FILE [data=NAME] [key=value ...]                 per-type table of a checkpoint
+  eval     ckpt=FILE [data=NAME] [variants=table12,table13,fig6] [key=value ...]
+                                per-type table of a checkpoint (one per inference-time variant)
   score    --predictions FILE --annotations FILE [...]            score a predictions file
   extract  --videos DIR --annotations FILE ... --out DIR         features to HDF5 (see --help)
   demo     [--out DIR] [--quick]                    synthetic data -> extract -> train -> eval

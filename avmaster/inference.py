@@ -20,6 +20,7 @@ import lightning as L
 import torch
 
 from avmaster.data.annotations import strip_question
+from avmaster.data.segments import segment_seconds
 from avmaster.lightning_module import AVMasterModule
 from avmaster.models.avmaster import AVMasterOutput
 
@@ -98,6 +99,7 @@ class Predictor:
         self.answers = self.module.hparams.get("answers")
         settings = raw.get(CKPT_KEY, {})
         self.seconds = int(settings.get("seconds") or 0)
+        self.segments = settings.get("segments")  # Fig. 4 runs see S of the T seconds
         self.extractor_config = extract_config_for(settings, device=device, **extract_overrides)
         from avmaster.extract import FeatureExtractor
 
@@ -110,6 +112,9 @@ class Predictor:
         timings = {}
         t0 = time.perf_counter()
         visual, audio, _ = self.extractor.encode_video_file(video)
+        keep = segment_seconds(len(visual), self.segments)
+        if keep is not None:
+            visual, audio = visual[keep], audio[keep]
         timings["extract video"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         texts = [strip_question(question), *(options or ())]

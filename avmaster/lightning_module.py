@@ -21,9 +21,17 @@ from torchmetrics import Metric
 
 from avmaster.losses import IGNORE_INDEX, AVMasterLoss
 from avmaster.models.avmaster import AVMaster, AVMasterOutput, as_dims
-from avmaster.models.config import FeatureDims, LossConfig, ModelConfig, OptimConfig, to_dataclass
+from avmaster.models.config import (
+    FeatureDims,
+    InferenceConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    to_dataclass,
+)
 
 TOP_K = 5
+PATH_PREFIX = "path/"  # predict_step's per-path softmax keys
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
@@ -101,6 +109,7 @@ class AVMasterModule(L.LightningModule):
         self.criterion = AVMasterLoss(loss_cfg)
         self.optim_cfg = optim_cfg
         self.answers = answers
+        self.inference = InferenceConfig()  # how evaluation and prediction combine the paths
         self._metrics: dict[str, Metric] = {}
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int
@@ -110,7 +119,7 @@ class AVMasterModule(L.LightningModule):
         return {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
 
     def forward(self, batch: Mapping[str, Tensor]) -> AVMasterOutput:
-        return self.model(batch)
+        return self.model(batch, readout_step=self.inference.readout_step)
 
     # -- training --------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
@@ -137,10 +146,10 @@ class AVMasterModule(L.LightningModule):
         return metric.to(self.device)
 
     def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:
-        out = self.model(batch)
+        out = self(batch)
         label = batch["label"]
         self._log_losses(stage, self.criterion(out, label), label.shape[0])
-        pred = out.pred()
+        pred = out.pred(self.inference)
         if stage not in self._metrics:
             self._metrics[stage] = self._make_metric(stage)
         group = batch.get("group")
@@ -175,11 +184,13 @@ class AVMasterModule(L.LightningModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """``pred [B]``, ``top5 [B, k]`` answer indices with ``top5_prob [B, k]`` (mean of the
-        paths' softmaxes; k = min(5, C)) and the batch's ``index``."""
-        probs = self.model(batch).probs()
+        """``pred [B]``, ``top5 [B, k]`` answer indices with ``top5_prob [B, k]`` (the paths'
+        softmaxes combined by :attr:`inference`; k = min(5, C)), each path's softmax as
+        ``path/<name> [B, C]``, and the batch's ``index``, ``label`` and ``group``."""
+        out = self(batch)
+        probs = out.probs(self.inference)
         top = probs.topk(min(TOP_K, probs.shape[-1]), dim=-1)
         result = {"pred": probs.argmax(dim=-1), "top5": top.indices, "top5_prob": top.values}
-        if "index" in batch:
-            result["index"] = batch["index"]
+        result.update({f"{PATH_PREFIX}{k}": v for k, v in out.path_probs().items()})
+        result.update({k: batch[k] for k in ("index", "label", "group") if k in batch})
         return result

@@ -13,6 +13,7 @@ are thin front ends of :func:`section` and :func:`ablation_section`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -39,7 +40,8 @@ PAPER_METHOD = "AV-Master"
 REPORTED_PREFIX = "reported"
 MEASURED_PREFIX = "measured"
 DELTA_PREFIX = "Δ"
-KEY_COLUMNS = ("source", "dataset", "data", "table", "method", "setting", "ablation", "label")
+KEY_COLUMNS = ("source", "dataset", "data", "table", "method", "setting", "ablation", "label",
+               "paper")
 ABLATION_INDEX = ("table", "setting")
 CHART_WIDTH_PER_COLUMN = 0.55  # inches per metric column in :func:`plot`
 CHART_MIN_WIDTH = 6.0
@@ -66,36 +68,14 @@ BENCHMARKS: dict[str, Benchmark] = {
     "avqa": Benchmark("AVQA (paper Table V)", "avqa", None, "V "),
 }
 DEMO_TITLE = "Synthetic demo (avmaster demo; no reported counterpart)"
-ABLATION_TABLES = ("VII ", "VIII ", "IX ", "X ", "XI ", "XII ")
-
-# Ablation presets (configs/ablations/) -> the rows (table, setting) of reported_other.csv.
-ABLATION_ROWS: dict[str, tuple[tuple[str, str], ...]] = {
-    "full": (("VII ablation", "full"), ("VIII loss ablation", "all four"),
-             ("IX template length", "8"), ("X weight sharing", "attention shared (default)"),
-             ("XI encoders", "CLIP-L + VGGish"), ("XII preference enhancement", "full")),
-    "wo_all": (("VII ablation", "w/o ALL"),),
-    "wo_avfc": (("VII ablation", "w/o AVFC"),),
-    "wo_dpcl": (("VII ablation", "w/o DPCL"),),
-    "wo_gpap": (("VII ablation", "w/o GPAP"),),
-    "wo_tdpp": (("VII ablation", "w/o TDPP"),),
-    "loss_qa": (("VIII loss ablation", "L_qa only"),),
-    "loss_qa_c": (("VIII loss ablation", "L_qa+L_c"),),
-    "loss_qa_c_a": (("VIII loss ablation", "L_qa+L_c+L_a^p"),),
-    "loss_qa_c_v": (("VIII loss ablation", "L_qa+L_c+L_v^p"),),
-    "loss_qa_a_v": (("VIII loss ablation", "L_qa+L_a^p+L_v^p"),),
-    "template_16": (("IX template length", "16"),),
-    "template_12": (("IX template length", "12"),),
-    "template_4": (("IX template length", "4"),),
-    "template_2": (("IX template length", "2"),),
-    "share_none": (("X weight sharing", "none"),),
-    "share_bias": (("X weight sharing", "bias shared"),),
-    "share_both": (("X weight sharing", "both shared"),),
-    "encoder_clip_b": (("XI encoders", "CLIP-B + VGGish"),),
-    "encoder_clip_l224": (("XI encoders", "CLIP-L + VGGish"),),
-    "wo_ape": (("XII preference enhancement", "w/o APE"),),
-    "wo_vpe": (("XII preference enhancement", "w/o VPE"),),
-    "wo_avpe": (("XII preference enhancement", "w/o AVPE"),),
-}
+ABLATION_TABLES = ("VII ", "VIII ", "IX ", "X ", "XI ", "XII ", "XIII ", "Fig. ")
+# The full model stands for each table's default row; the presets name their own rows
+# (``paper:`` in configs/ablations/*.yaml, configs/variants/*.yaml).
+FULL_ROWS: tuple[tuple[str, str], ...] = (
+    ("VII ablation", "full"), ("VIII loss ablation", "all four"), ("IX template length", "8"),
+    ("X weight sharing", "attention shared (default)"), ("XI encoders", "CLIP-L + VGGish"),
+    ("XII preference enhancement", "full"), ("XIII prediction combination", "ADD (default)"),
+    ("Fig. 4 segment length", "60"), ("Fig. 5 input modalities", "A+V+Q"))
 NOT_IN_PAPER = "not in the paper's tables"
 
 
@@ -175,61 +155,34 @@ def _as_list(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
 
 
-def infer_ablations(config: dict[str, Any]) -> list[str]:
-    """The ablation presets a run's saved ``config.json`` matches (``['full']`` for none):
-    its ``model``/``loss`` switches that presets set, compared with the defaults, and its
-    feature files for the encoder presets. Identical presets (``wo_gpap``/``wo_avpe``) all
-    match."""
-    from omegaconf import OmegaConf
+def preset_paper_rows() -> dict[str, tuple[tuple[str, str], ...]]:
+    """Ablation preset -> the paper rows it reproduces (read from its YAML ``paper:`` key), with
+    ``full`` -> :data:`FULL_ROWS`."""
+    from avmaster.config import PRESET_KINDS, preset_names, read_preset
 
-    from avmaster.config import PRESET_KINDS, load_config, to_dict
-    from avmaster.paths import config_dirs
-
-    default = to_dict(load_config())
-    presets: dict[str, Any] = {}
-    for d in config_dirs():
-        for f in sorted((d / PRESET_KINDS["ablation"]).glob("*.yaml")):
-            presets.setdefault(f.stem, OmegaConf.to_container(OmegaConf.load(f)))
-
-    def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            key = f"{prefix}{k}"
-            out.update(leaves(v, key + ".") if isinstance(v, dict) else {key: v})
-        return out
-
-    flat_cfg, flat_default = leaves(config), leaves(default)
-    flat_presets = {name: leaves(p) for name, p in presets.items() if isinstance(p, dict)}
-    switches = {k for p in flat_presets.values() for k in p if not k.startswith("data.")}
-    diff = {k: flat_cfg.get(k) for k in switches if flat_cfg.get(k) != flat_default.get(k)}
-    found = []
-    for name, p in flat_presets.items():
-        p_switch = {k: v for k, v in p.items() if not k.startswith("data.")}
-        p_data = {k: v for k, v in p.items() if k.startswith("data.")}
-        own = {k: v for k, v in p_switch.items() if v != flat_default.get(k)}
-        if p_data:
-            if not diff and all(flat_cfg.get(k) == v for k, v in p_data.items()):
-                found.append(name)
-        elif own and own == diff:
-            found.append(name)
-    return found or (["full"] if not diff else [])
+    kind = PRESET_KINDS["ablation"]
+    rows = {name: tuple(read_preset(kind, name)[1]) for name in preset_names(kind)}
+    return {"full": FULL_ROWS, **rows}
 
 
-def _ablations_of(path: Path, payload: dict[str, Any]) -> list[str]:
-    meta = payload.get("meta") or {}
-    named = _as_list(meta.get("ablation"))
-    if named:
-        return named
-    config = path.parent / "config.json"
-    if config.exists():
-        try:
-            return infer_ablations(json.loads(config.read_text()))
-        except (ValueError, KeyError, json.JSONDecodeError) as e:
-            log.warning("%s: cannot tell the run's ablation (%s)", config, e)
-    return []
+def paper_rows_of(meta: dict[str, Any], ablations: Sequence[str],
+                  table_rows: dict[str, tuple[tuple[str, str], ...]]) -> list[tuple[str, str]]:
+    """The paper rows one result stands for: its variant row when it is an inference-time
+    variant of the full model; else its presets' rows (default inference only); else none."""
+    inference = meta.get("inference") or {}
+    if meta.get("variant"):
+        return [(str(meta["paper"]), str(meta["setting"]))] if list(ablations) == ["full"] else []
+    from avmaster.models.config import InferenceConfig
+
+    if inference and inference != dataclasses.asdict(InferenceConfig()):
+        return []
+    return [key for a in ablations for key in table_rows.get(a, ())]
 
 
-def _rows_of(path: Path, payload: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
+def _rows_of(path: Path, payload: dict[str, Any], folder: Path,
+             table_rows: dict[str, tuple[tuple[str, str], ...]]) -> list[dict[str, Any]]:
+    """The rows of one results file, labelled by what the file records (``meta.ablation``,
+    ``meta.variant``); nothing is inferred."""
     meta = payload.get("meta") or {}
     table = str(payload.get("table", ""))
     data = str(meta.get("data", table))
@@ -240,17 +193,16 @@ def _rows_of(path: Path, payload: dict[str, Any], folder: Path) -> list[dict[str
         rows = [(m, acc, _as_list(named.get(m))) for m, acc in payload["rows"].items()]
     else:
         rows = [(str(payload.get("method", "?")), payload.get("accuracy") or {},
-                 _ablations_of(path, payload))]
+                 _as_list(meta.get("ablation")))]
     out = []
     for method, accuracy, ablations in rows:
         label = method
-        if ablations and ablations != ["full"] and not payload.get("rows"):
-            label += f" [{', '.join(ablations)}]"
         if setting:
             label += f" ({setting})"
         out.append({"source": str(path.relative_to(folder)), "dataset": dataset, "data": data,
                     "table": table, "method": method, "setting": setting,
                     "ablation": ",".join(ablations), "label": label,
+                    "paper": paper_rows_of(meta, ablations, table_rows),
                     **{k: float(v) if v is not None else float("nan")
                        for k, v in accuracy.items()}})
     return out
@@ -275,8 +227,9 @@ def load_measured(folder: Path | str | None = None) -> pd.DataFrame:
             payloads[path] = payload
     gathered = {(p.parent / s).resolve() for p, pl in payloads.items()
                 for s in _as_list((pl.get("meta") or {}).get("sources"))}
+    table_rows = preset_paper_rows()
     rows = [r for p, pl in payloads.items() if p.resolve() not in gathered
-            for r in _rows_of(p, pl, folder)]
+            for r in _rows_of(p, pl, folder, table_rows)]
     frame = pd.DataFrame(rows)
     frame = frame.reindex(columns=[*KEY_COLUMNS,
                                    *(c for c in frame.columns if c not in KEY_COLUMNS)])
@@ -319,21 +272,20 @@ def compare(reported: pd.DataFrame, measured: pd.DataFrame,
 
 
 def compare_ablations(reported: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
-    """Rows (paper table, setting) of Tables VII-XII; columns ``reported`` and one
-    ``measured (<data>)`` per dataset with ablation results (a run counts for every row its
-    preset stands for; presets outside the paper's tables come last)."""
+    """Rows (paper table, setting) of Tables VII-XIII and Fig. 4-6; columns ``reported`` and
+    one ``measured (<data>)`` per dataset with ablation results (a result counts for every row
+    it records; the rest, labelled, come last under "not in the paper's tables")."""
     rep = reported.set_index(list(ABLATION_INDEX))["avg"].astype(float)
     out = pd.DataFrame({REPORTED_PREFIX: rep})
-    runs = measured[measured["ablation"].astype(bool)] if len(measured) else measured
+    runs = measured[measured["ablation"].astype(bool) | measured["paper"].astype(bool)
+                    ] if len(measured) else measured
     for data, group in (runs.groupby("data", sort=True) if len(runs) else []):
         col = f"{MEASURED_PREFIX} ({data})"
         for _, row in group.iterrows():
-            for preset in row["ablation"].split(","):
-                keys = ABLATION_ROWS.get(preset, ((NOT_IN_PAPER, f"{preset}: {row['label']}"),))
-                for key in keys:
-                    if key not in out.index:
-                        out.loc[key, REPORTED_PREFIX] = float("nan")
-                    out.loc[key, col] = row.get("avg", float("nan"))
+            for key in row["paper"] or [(NOT_IN_PAPER, row["label"])]:
+                if key not in out.index:
+                    out.loc[key, REPORTED_PREFIX] = float("nan")
+                out.loc[key, col] = row.get("avg", float("nan"))
     out.index = out.index.set_names(list(ABLATION_INDEX))
     out = out.astype(float)
     out.attrs["table"] = ABLATIONS
@@ -410,7 +362,7 @@ def section(table: str, measured: pd.DataFrame, chart: bool = True) -> Section:
 
 
 def ablation_section(measured: pd.DataFrame, chart: bool = True) -> Section:
-    """Paper Tables VII-XII (overall accuracy) next to every measured ablation run."""
+    """Paper Tables VII-XIII and Fig. 4-6 (overall accuracy) next to every measured result."""
     frame = compare_ablations(load_reported(ABLATIONS), measured)
     cols = [c for c in frame.columns if c.startswith(MEASURED_PREFIX)]
     where = measured.attrs.get("folder", "the results folder")
@@ -421,8 +373,9 @@ def ablation_section(measured: pd.DataFrame, chart: bool = True) -> Section:
     else:
         note = (f"None measured: no ablation results under {where}; the reported numbers are "
                 "shown alone.")
-    figure = plot(frame, "Ablations (paper Tables VII-XII): avg accuracy") if chart else None
-    return Section("Ablations (paper Tables VII-XII)", note, frame, figure)
+    figure = plot(frame, "Ablations (paper Tables VII-XIII, Fig. 4-6): avg accuracy"
+                  ) if chart else None
+    return Section("Ablations (paper Tables VII-XIII, Fig. 4-6)", note, frame, figure)
 
 
 def show(sec: Section) -> None:

@@ -6,7 +6,6 @@ from avmaster.config import ConfigError, load_config
 from avmaster.paths import PROJECT_CONFIGS
 
 DATA_PRESETS = sorted(p.stem for p in (PROJECT_CONFIGS / "data").glob("*.yaml"))
-ABLATIONS = sorted(p.stem for p in (PROJECT_CONFIGS / "ablations").glob("*.yaml"))
 
 
 def test_defaults_are_the_papers():
@@ -22,11 +21,6 @@ def test_every_data_preset_loads(name):
     cfg = load_config(overrides=[f"data={name}"])
     assert cfg.data.name == name
     assert cfg.data.table in ("music_avqa", "music_avqa_v2", "music_avqa_r", "avqa")
-
-
-@pytest.mark.parametrize("name", ABLATIONS)
-def test_every_ablation_preset_loads(name):
-    load_config(overrides=["data=music_avqa", f"ablation={name}"])
 
 
 def test_overrides_presets_and_order():

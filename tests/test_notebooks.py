@@ -45,7 +45,7 @@ def test_benchmark_notebook(tmp_path, monkeypatch):
     markdown = "\n".join(outputs(nb, "text/markdown"))
     assert len(outputs(nb, "image/png")) == 5  # one chart per dataset and the demo
     assert sum("reported AV-Master" in h for h in html) == 2  # MUSIC-AVQA (measured) and AVQA
-    assert any("measured AV-Master (ours) [wo_avfc]" in h and "Δ" in h for h in html)
+    assert any("measured AV-Master [wo_avfc]" in h and "Δ" in h for h in html)
     assert any("train balance, test bias" in h for h in html)  # v2.0: measured setting
     assert markdown.count("None measured") == 2  # MUSIC-AVQA-R and AVQA
     assert any("measured question only" in h for h in html)  # the demo's two rows

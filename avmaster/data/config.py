@@ -30,8 +30,14 @@ class DataConfig:
     audio_features: str = "audio_vggish.h5"
     text_features: str = "text_vit-l-14-336_openai.h5"
     seconds: int = 60  # T: every video is padded (last second repeated) or trimmed to this
+    segments: int | None = None  # S of the T seconds, evenly spaced (Fig. 4); null = all T
     preload: bool = True  # read every feature into RAM once (MUSIC-AVQA fits)
     batch_size: int = 32
     eval_batch_size: int = 128
     num_workers: int = 2
     pin_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if self.segments is not None and not 1 <= self.segments <= self.seconds:
+            raise ValueError(f"data.segments={self.segments} must be between 1 and "
+                             f"data.seconds={self.seconds} (or null for all of them)")

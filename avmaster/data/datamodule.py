@@ -118,7 +118,7 @@ class AVQADataModule(L.LightningDataModule):
             if split is None:
                 raise ValueError(f"data.{stage} lists no annotation file")
             vocab = None if self.multiple_choice else self.build_vocab()
-            ds = QADataset(split.records, vocab, *self.stores(), self.spec)
+            ds = QADataset(split.records, vocab, *self.stores(), self.spec, self.cfg.segments)
             if ds.num_unknown:
                 what = "left out of the losses" if stage == "train" else "scored as wrong"
                 log.warning("%s: %d of %d answers are outside the answer vocabulary; %s",

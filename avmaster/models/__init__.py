@@ -10,12 +10,11 @@ from avmaster.models.avmaster import (
 )
 from avmaster.models.blocks import CAB, FFN, MLP, SAB, Attention, SingleKeyCAB
 from avmaster.models.config import (
-    ABLATIONS,
     FeatureDims,
+    InferenceConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
-    ablation,
     to_dataclass,
 )
 from avmaster.models.decoders import AnswerDecoder, ClassHead, OptionHead, PathDecoder
@@ -24,7 +23,6 @@ from avmaster.models.fusion import KeyFusion
 from avmaster.models.preference import PreferenceActivation
 
 __all__ = [
-    "ABLATIONS",
     "CAB",
     "FFN",
     "MLP",
@@ -38,6 +36,7 @@ __all__ = [
     "FocusCapture",
     "FocusOutput",
     "FocusStep",
+    "InferenceConfig",
     "KeyFusion",
     "LossConfig",
     "ModelConfig",
@@ -47,7 +46,6 @@ __all__ = [
     "Paths",
     "PreferenceActivation",
     "SingleKeyCAB",
-    "ablation",
     "as_dims",
     "count_parameters",
     "resolve_paths",
