@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 from avmaster.config import Config, ConfigError, VariantRow, load_variant
+from avmaster.data.vocab import NO_LABEL
 from avmaster.io import atomic_write_text
 from avmaster.lightning_module import PATH_PREFIX, AVMasterModule
-from avmaster.metrics import write_results
+from avmaster.metrics import GroupedAccuracy, write_results
 from avmaster.models.combine import combine
 from avmaster.models.config import InferenceConfig
 from avmaster.run import (
@@ -51,7 +52,7 @@ class PathPredictions:
     def accuracy(self, inference: InferenceConfig) -> float:
         """Overall accuracy (%) of the combined prediction."""
         pred = combine(self.probs, inference).argmax(dim=-1)
-        return 100.0 * ((pred == self.label) & (self.label >= 0)).float().mean().item()
+        return 100.0 * ((pred == self.label) & (self.label != NO_LABEL)).float().mean().item()
 
 
 def predict_paths(trainer: Any, module: AVMasterModule, loader: Any,
@@ -114,7 +115,7 @@ def evaluate_variants(cfg: Config, ckpt: str) -> dict[str, float]:
         if inference.combine == "w_add" and not inference.weights:
             inference = dataclasses.replace(inference, weights=weights)
         preds = predictions(inference.readout_step)
-        metric = dm.make_metric("test")
+        metric = GroupedAccuracy(dm.spec)
         metric.update(combine(preds.probs, inference).argmax(dim=-1), preds.label, preds.group)
         accuracy = {k: float(v) for k, v in metric.compute().items()}
         name = f"{group_name}-{row.name}"

@@ -12,7 +12,8 @@ matplotlib.use("Agg")
 
 from avmaster import reports
 from avmaster.config import load_config, load_variant, preset_names
-from avmaster.metrics import get_table, write_results
+from avmaster.data.tables import get_table
+from avmaster.metrics import write_results
 from avmaster.run import result_label, results_meta, run_record
 
 
