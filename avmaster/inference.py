@@ -55,8 +55,11 @@ def extract_config_for(settings: Mapping[str, Any], **overrides: Any):
         raise ValueError("the checkpoint does not record how its features were extracted; "
                          "it was trained on features written by another tool")
     random_init = visual.get("pretrained") == "random"
+    resnet = visual.get("encoder") == "resnet18"  # Table XI: the text is still CLIP's
+    clip = settings.get("text", {}) if resnet else visual
     cfg: dict[str, Any] = {
-        "model": visual["model"],
+        "model": visual["text_model"] if resnet else visual["model"],
+        "visual_encoder": "resnet18" if resnet else "clip",
         "random_init": random_init,
         "seed": int(visual.get("seed", 0)),
         "normalize": bool(visual.get("normalize", False)),
@@ -67,8 +70,8 @@ def extract_config_for(settings: Mapping[str, Any], **overrides: Any):
         "progress": False,
         "workers": 1,
     }
-    if not random_init:
-        cfg["pretrained"] = visual["pretrained"]
+    if not random_init and clip.get("pretrained"):
+        cfg["pretrained"] = clip["pretrained"]
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     return ExtractConfig(**cfg)
 

@@ -29,6 +29,7 @@ from avmaster.extract.config import clip_slug
 from avmaster.extract.decode import decode_video
 from avmaster.extract.decoded import DecodeSpec
 from avmaster.extract.encoders import (
+    ResNetEncoder,
     VGGishEncoder,
     VGGishPCA,
     WeightsUnavailableError,
@@ -210,6 +211,69 @@ def test_patch_token_file(media: dict[str, Path], tmp_path: Path) -> None:
     assert (dim, per_frame) == (64, 16)
     tokens = patch["short"].reshape(SECONDS, per_frame, dim)
     np.testing.assert_array_equal(tokens[2], tokens[4])  # padded like the other files
+
+
+def test_resnet18_visual_file(media: dict[str, Path], tmp_path: Path) -> None:
+    """Table XI's ResNet-18: 512-d avgpool features of 224 px frames, one per second, in
+    visual_resnet18_<tag>.h5 with the encoder and weights recorded; the text stays CLIP's."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for vid in ("plain", "short"):
+        (videos / media[vid].name).symlink_to(media[vid])
+    out = tmp_path / "out"
+    assert main(["--videos", str(videos), "--out", str(out), "--workers", "0",
+                 "--visual-encoder", "resnet18", *TINY]) == 0
+    paths = feature_paths(tiny_config(out, visual_encoder="resnet18"))
+    assert paths.visual.name == "visual_resnet18_random.h5"
+    visual = VideoFeatures(paths.visual, seconds=SECONDS)
+    assert visual.attrs["encoder"] == "resnet18" and visual.attrs["pretrained"] == "random"
+    assert visual.dim == 512 and visual["plain"].shape == (SECONDS, 512)
+    settings = json.loads(visual.attrs["settings"])
+    assert settings["image_size"] == 224 and settings["output"] == "avgpool"
+    np.testing.assert_array_equal(visual["short"][2], visual["short"][4])  # padded
+    ex = FeatureExtractor(tiny_config(tmp_path, visual_encoder="resnet18"))
+    assert ex.decode_spec.image_size == (224, 224)
+    frames = decode_video(media["plain"], ex.decode_spec, "plain").frames
+    with torch.inference_mode():  # torchvision's network up to the average pool
+        net = ex.visual.model
+        x = (frames.permute(0, 3, 1, 2).float() - ex.visual._mean) / ex.visual._std
+        ref = torch.flatten(net.avgpool(net.layer4(net.layer3(net.layer2(net.layer1(
+            net.maxpool(net.relu(net.bn1(net.conv1(x))))))))), 1)
+    np.testing.assert_allclose(visual["plain"].astype(np.float32), ref.numpy()[:SECONDS],
+                               atol=2e-2, rtol=1e-2)  # stored as float16
+    with pytest.raises(ValueError, match="patch_tokens needs visual_encoder clip"):
+        tiny_config(tmp_path, visual_encoder="resnet18", patch_tokens=True)
+
+
+def test_a_resnet18_checkpoint_extracts_new_videos_the_same_way(tmp_path: Path) -> None:
+    from avmaster.extract.config import audio_settings, text_settings, visual_settings
+    from avmaster.inference import extract_config_for
+
+    cfg = ExtractConfig(model="ViT-L-14", visual_encoder="resnet18", frame_position=0.5)
+    settings = {"visual": visual_settings(cfg), "audio": audio_settings(cfg),
+                "text": text_settings(cfg), "seconds": 60}
+    again = extract_config_for(settings)
+    assert (again.visual_encoder, again.model, again.pretrained) == ("resnet18", "ViT-L-14",
+                                                                     "openai")
+    assert visual_settings(again) == settings["visual"]
+
+
+def test_resnet18_weights_from_a_local_file(tmp_path: Path, monkeypatch) -> None:
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1)
+    net = resnet18(weights=None).eval()
+    torch.save(net.state_dict(), tmp_path / "resnet18.pth")
+    enc = ResNetEncoder(weights_file=str(tmp_path / "resnet18.pth"))
+    assert enc.pretrained == "imagenet1k-v1"
+    torch.testing.assert_close(enc.model.layer4[1].conv2.weight, net.layer4[1].conv2.weight)
+
+    def offline(*_: object, **__: object) -> None:
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr("torch.hub.load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailableError, match="--resnet-weights FILE"):
+        ResNetEncoder()
 
 
 def test_gpu_decoding_falls_back_to_software(media: dict[str, Path]) -> None:

@@ -14,6 +14,10 @@ DEFAULT_MODEL = "ViT-L-14-336"  # AV-Master's peers' CLIP; the paper's ViT-L-14 
 DEFAULT_PRETRAINED = "openai"
 TINY_MODEL = "avmaster-tiny"  # shipped config (model_configs/): random weights, for tests/demos
 RANDOM_TAG = "random"
+VISUAL_ENCODERS = ("clip", "resnet18")  # resnet18: Table XI's ResNet-18 row (torchvision)
+RESNET_NAME = "resnet18"
+RESNET_TAG = "imagenet1k-v1"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
+RESNET_SIZE = 224  # the MUSIC-AVQA release: 224 x 224 frames, one per second
 VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "avi", "mov")
 VGGISH_POSTPROCESS = ("none", "pca", "pca-quantized")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -50,6 +54,9 @@ class ExtractConfig:
     seed: int = 0
     normalize: bool = False  # L2-normalise the stored CLIP vectors (default: raw encoder output)
     patch_tokens: bool = False
+    # visual encoder: the CLIP model above, or ResNet-18 (the text stays CLIP's)
+    visual_encoder: str = "clip"
+    resnet_weights: str | None = None  # local torchvision resnet18 state dict (offline)
     # audio encoder
     vggish_weights: str | None = None
     vggish_pca_weights: str | None = None
@@ -89,6 +96,12 @@ class ExtractConfig:
         if self.vggish_postprocess not in VGGISH_POSTPROCESS:
             raise ValueError(f"vggish_postprocess {self.vggish_postprocess!r}: choose one of "
                              f"{VGGISH_POSTPROCESS}")
+        if self.visual_encoder not in VISUAL_ENCODERS:
+            raise ValueError(f"visual_encoder {self.visual_encoder!r}: choose one of "
+                             f"{VISUAL_ENCODERS}")
+        if self.visual_encoder != "clip" and self.patch_tokens:
+            raise ValueError("patch_tokens needs visual_encoder clip (ResNet-18 stores the "
+                             "pooled 512-d vector only)")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r}: choose one of {PRECISIONS}")
         if not 0.0 <= self.frame_position < 1.0:
@@ -145,7 +158,9 @@ def feature_paths(cfg: ExtractConfig | None = None, out: Path | str | None = Non
     """The output files of a configuration; keyword arguments override ``cfg``'s fields.
 
     ``visual_<slug>.h5``, ``text_<slug>.h5``, ``patch_<slug>.h5`` with
-    ``slug = clip_slug(model, pretrained or 'random')``; ``audio_vggish.h5`` (``-pca`` /
+    ``slug = clip_slug(model, pretrained or 'random')`` (the visual file of ResNet-18:
+    ``visual_resnet18_imagenet1k-v1.h5``, or ``visual_resnet18_random.h5``);
+    ``audio_vggish.h5`` (``-pca`` /
     ``-pca-quantized`` for the post-processed variants, ``_random`` for random weights).
     """
     cfg = cfg or ExtractConfig()
@@ -153,11 +168,13 @@ def feature_paths(cfg: ExtractConfig | None = None, out: Path | str | None = Non
     random_init = cfg.random_init if random_init is None else random_init
     tag = RANDOM_TAG if random_init else (pretrained or cfg.pretrained)
     s = clip_slug(model or cfg.model, tag)
+    visual = s if cfg.visual_encoder == "clip" else clip_slug(
+        RESNET_NAME, RANDOM_TAG if random_init else RESNET_TAG)
     post = vggish_postprocess or cfg.vggish_postprocess
     audio = "audio_vggish" + ("" if post == "none" else f"-{post}")
     audio += f"_{RANDOM_TAG}" if random_init else ""
     return FeaturePaths(
-        visual=out / f"visual_{s}.h5",
+        visual=out / f"visual_{visual}.h5",
         audio=out / f"{audio}.h5",
         text=out / f"text_{s}.h5",
         patch=out / f"patch_{s}.h5",
@@ -174,8 +191,22 @@ def _clip_settings(cfg: ExtractConfig) -> dict[str, Any]:
     return out
 
 
+def visual_encoder_name(cfg: ExtractConfig) -> str:
+    """The visual file's ``encoder`` attribute: ``open_clip:<model>`` or ``resnet18``."""
+    return RESNET_NAME if cfg.visual_encoder == RESNET_NAME else f"open_clip:{cfg.model}"
+
+
 def visual_settings(cfg: ExtractConfig) -> dict[str, Any]:
     """What decides the visual features' values: stored in the files, compared on resume."""
+    if cfg.visual_encoder == RESNET_NAME:
+        out: dict[str, Any] = {"encoder": RESNET_NAME, "pretrained": RANDOM_TAG if
+                               cfg.random_init else RESNET_TAG, "output": "avgpool",
+                               "image_size": RESNET_SIZE, "resize_mode": "squash"}
+        if cfg.random_init:
+            out["seed"] = cfg.seed
+        return {**out, "text_model": cfg.model, "seconds": cfg.stored_seconds,
+                "frame_position": cfg.frame_position, "fast_decode": cfg.fast_decode,
+                "dtype": cfg.dtype}
     return {**_clip_settings(cfg), "output": "image_features", "normalize": cfg.normalize,
             "seconds": cfg.stored_seconds, "frame_position": cfg.frame_position,
             "fast_decode": cfg.fast_decode, "dtype": cfg.dtype}

@@ -1,4 +1,5 @@
-"""The encoders: any open_clip model (image + text towers) and VGGish (torchvggish).
+"""The encoders: any open_clip model (image + text towers), VGGish (torchvggish) and, for the
+paper's Table XI, torchvision's ResNet-18 (images only).
 
 Weights come from the libraries' own download paths (cached), from local files
 (``clip_weights`` / ``vggish_weights`` / ``vggish_pca_weights``), or are random
@@ -20,7 +21,7 @@ from torch import nn
 from torchvggish import torchvggish as tvg
 from torchvggish import vggish_params
 
-from avmaster.extract.config import RANDOM_TAG
+from avmaster.extract.config import RANDOM_TAG, RESNET_SIZE, RESNET_TAG
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ PCA_CLIP = (vggish_params.QUANTIZE_MIN_VAL, vggish_params.QUANTIZE_MAX_VAL)
 QUANT_LEVELS = 255.0
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 OPEN_CLIP_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _registered = False
 
 
@@ -291,13 +293,13 @@ def _load_file(path: str, what: str) -> dict[str, Any]:
         return torch.load(p, map_location="cpu", weights_only=False)
 
 
-def _download(url: str, flag: str) -> dict[str, Any]:
+def _download(url: str, flag: str, what: str = "VGGish") -> dict[str, Any]:
     try:
         return torch.hub.load_state_dict_from_url(url, progress=False, map_location="cpu")
     except Exception as e:
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
         raise WeightsUnavailableError(
-            f"VGGish weights could not be downloaded from {url} ({type(e).__name__}: {e}). Fix: "
+            f"{what} weights could not be downloaded from {url} ({type(e).__name__}: {e}). Fix: "
             f"download that file on a machine with internet access and pass {flag} FILE, or put "
             f"it at {cache} (torch.hub's cache); --random-init runs without weights (tests/demos "
             "only)."
@@ -358,3 +360,52 @@ class VGGishEncoder:
         if self.pca is not None:
             y = self.pca(y)
         return y.float().cpu()
+
+
+# ----------------------------------------------------------------------------- ResNet-18
+
+
+class ResNetEncoder:
+    """ResNet-18 image features as the MUSIC-AVQA release stores them: the 512-d average-pooled
+    output (the classifier removed) of 224 x 224 frames, ImageNet mean/std.
+
+    Weights: torchvision's ``IMAGENET1K_V1`` (downloaded once into torch.hub's cache), a local
+    state dict (``weights_file``, offline), or random (``random_init``: torchvision's He-normal
+    initialisation, seeded).
+    Same image interface as :class:`ClipEncoder` (``encode_images``, ``image_size``,
+    ``preprocess``, ``dim``).
+    """
+
+    dim = 512
+
+    def __init__(self, *, weights_file: str | None = None, random_init: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu", precision: str = "fp32"):
+        from torchvision.models import ResNet18_Weights, resnet18
+
+        self.device = torch.device(device)
+        self.pretrained = RANDOM_TAG if random_init else RESNET_TAG
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = resnet18(weights=None)  # torchvision's init is He-normal already
+        if random_init:
+            _random_warning("ResNet-18")
+        if not random_init:
+            weights = ResNet18_Weights.IMAGENET1K_V1
+            state = (_load_file(weights_file, "--resnet-weights") if weights_file
+                     else _download(weights.url, "--resnet-weights", "ResNet-18"))
+            net.load_state_dict(state)
+        net.fc = nn.Identity()
+        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        self.model = net.eval().to(self.device, self.dtype)
+        self.image_size = (RESNET_SIZE, RESNET_SIZE)
+        self.preprocess = {"interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
+        mean, std = IMAGENET_MEAN_STD
+        self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+
+    @torch.inference_mode()
+    def encode_images(self, frames: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """uint8 [B, H, W, 3] images -> (float32 [B, 512] on the CPU, ``None``)."""
+        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = ((x - self._mean) / self._std).to(self.dtype)
+        return self.model(x).float().cpu(), None

@@ -21,6 +21,7 @@ from avmaster.extract.decode import decode_video
 from avmaster.extract.decoded import DecodedVideo, DecodeSpec, Problem
 from avmaster.extract.encoders import (
     ClipEncoder,
+    ResNetEncoder,
     VGGishEncoder,
     resolve_device,
     resolve_precision,
@@ -40,7 +41,8 @@ class UndecodableVideoError(RuntimeError):
 
 
 class FeatureExtractor:
-    """CLIP + VGGish features of videos and CLIP features of texts, as the HDF5 caches hold them.
+    """CLIP (or ResNet-18) + VGGish features of videos and CLIP features of texts, as the HDF5
+    caches hold them.
 
     Encoders are built on first use (a text-only caller never loads VGGish).
     """
@@ -51,6 +53,7 @@ class FeatureExtractor:
         self.device = resolve_device(self.config.device)
         self.precision = resolve_precision(self.config.precision, self.device)
         self._clip: ClipEncoder | None = None
+        self._resnet: ResNetEncoder | None = None
         self._vggish: VGGishEncoder | None = None
 
     @property
@@ -66,6 +69,20 @@ class FeatureExtractor:
         return self._clip
 
     @property
+    def visual(self) -> ClipEncoder | ResNetEncoder:
+        """The image encoder: the CLIP model, or ResNet-18 with ``visual_encoder=resnet18``."""
+        c = self.config
+        if c.visual_encoder == "clip":
+            return self.clip
+        if self._resnet is None:
+            self._resnet = ResNetEncoder(weights_file=c.resnet_weights,
+                                         random_init=c.random_init, seed=c.seed,
+                                         device=self.device, precision=self.precision)
+            log.info("ResNet-18/%s on %s (%s)", self._resnet.pretrained, self.device,
+                     self.precision)
+        return self._resnet
+
+    @property
     def vggish(self) -> VGGishEncoder:
         if self._vggish is None:
             c = self.config
@@ -79,9 +96,9 @@ class FeatureExtractor:
     @property
     def decode_spec(self) -> DecodeSpec:
         """How worker processes decode for this extractor (the CLIP input size and resize)."""
-        c, clip = self.config, self.clip
-        pre = clip.preprocess
-        return DecodeSpec(image_size=clip.image_size,
+        c, visual = self.config, self.visual
+        pre = visual.preprocess
+        return DecodeSpec(image_size=visual.image_size,
                           resize_mode=pre.get("resize_mode") or DecodeSpec.resize_mode,
                           interpolation=pre.get("interpolation") or DecodeSpec.interpolation,
                           fill_color=int(pre.get("fill_color") or 0),
@@ -105,7 +122,7 @@ class FeatureExtractor:
             mel = torch.cat([v.log_mel for v in ok])  # type: ignore[misc]
             vis, patch = [], []
             for chunk in self._chunks(frames, self.config.batch_size):
-                v, p = self.clip.encode_images(chunk)
+                v, p = self.visual.encode_images(chunk)
                 vis.append(v)
                 if p is not None:
                     patch.append(p.flatten(1))

@@ -43,6 +43,7 @@ from avmaster.extract.config import (
     settings_hash,
     settings_json,
     text_settings,
+    visual_encoder_name,
     visual_settings,
 )
 from avmaster.extract.decoded import DUPLICATE_ID, MISSING_FILE, Problem
@@ -385,7 +386,7 @@ def _merge_videos(cfg: ExtractConfig, paths: FeaturePaths, written: list[Path]
                     extra.update(token_dim=dim,
                                  tokens_per_frame=int(next(rows("patch"))[1].shape[1]) // dim)
                 encoder = ("torchvggish:vggish" if name == "audio"
-                           else f"open_clip:{cfg.model}")
+                           else visual_encoder_name(cfg))
                 pretrained = settings["pretrained"]
                 count = write_video_features(path, rows(name), modality=name, encoder=encoder,
                                              pretrained=pretrained, fps=1.0,

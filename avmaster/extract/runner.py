@@ -31,6 +31,7 @@ from avmaster.extract.config import (
     HWACCELS,
     PRECISIONS,
     VGGISH_POSTPROCESS,
+    VISUAL_ENCODERS,
     ExtractConfig,
     audio_settings,
     feature_paths,
@@ -383,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained", default=d.pretrained, help="open_clip pretrained tag")
     g.add_argument("--clip-weights", metavar="FILE", help="local checkpoint for --model "
                    "(offline); --pretrained still names the tag whose settings apply")
+    g.add_argument("--visual-encoder", default=d.visual_encoder, choices=VISUAL_ENCODERS,
+                   help="image encoder: the CLIP --model, or resnet18 (torchvision, 512-d "
+                        "avgpool at 224 px, ImageNet weights; paper Table XI); text stays CLIP")
+    g.add_argument("--resnet-weights", metavar="FILE",
+                   help="local torchvision resnet18 state dict (resnet18-f37072fd.pth; offline)")
     g.add_argument("--vggish-weights", metavar="FILE", help="local VGGish .pth (offline)")
     g.add_argument("--vggish-pca-weights", metavar="FILE",
                    help="local VGGish PCA params (.pth or .npz; offline)")
