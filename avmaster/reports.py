@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from avmaster.config import VARIANTS_KIND, load_variant, preset_names
 from avmaster.data.tables import get_table
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def _as_list(value: Any) -> list[str]:
 def preset_paper_rows() -> dict[str, tuple[tuple[str, str], ...]]:
     """Ablation preset -> the paper rows it reproduces (read from its YAML ``paper:`` key), with
     ``full`` -> :data:`FULL_ROWS`."""
-    from avmaster.config import PRESET_KINDS, preset_names, read_preset
+    from avmaster.config import PRESET_KINDS, read_preset
 
     kind = PRESET_KINDS["ablation"]
     rows = {name: tuple(read_preset(kind, name)[1]) for name in preset_names(kind)}
@@ -378,12 +379,113 @@ def ablation_section(measured: pd.DataFrame, chart: bool = True) -> Section:
     return Section("Ablations (paper Tables VII-XIII, Fig. 4-6)", note, frame, figure)
 
 
+EXPERIMENTS: tuple[tuple[str, str], ...] = (
+    ("VII ablation", "Table VII: components removed (training-time)"),
+    ("VIII loss ablation", "Table VIII: loss subsets (loss weights only; every decoder votes)"),
+    ("IX template length", "Table IX: template length"),
+    ("X weight sharing", "Table X: weight sharing"),
+    ("XI encoders", "Table XI: encoders"),
+    ("XII preference enhancement", "Table XII: preference enhancement disabled at inference"),
+    ("XIII prediction combination", "Table XIII: combining the paths' distributions"),
+    ("Fig. 4 segment length", "Fig. 4: number of one-second segments"),
+    ("Fig. 5 input modalities", "Fig. 5: input modalities"),
+    ("Fig. 6 focus readout", "Fig. 6: focus templates read out after step k"),
+)
+EXAMPLE_DATA = "music_avqa"
+EXAMPLE_CKPT = "runs/avmaster/checkpoints/last.ckpt"
+COMMAND = "command"
+UNAVAILABLE = {("XI encoders", "InternVideo2 + InternVideo2"):
+               "not available: InternVideo2 has no maintained package to extract features with"}
+READOUT = "Fig. 6 focus readout"
+
+
+def row_commands(data: str = EXAMPLE_DATA) -> dict[tuple[str, str], str]:
+    """The command that produces each paper row: ``avmaster train ... ablation=NAME`` for a
+    preset's row, ``avmaster eval ... variants=NAME`` for an inference-time row (from the YAML
+    registries), and why a row cannot be produced where it cannot."""
+    out: dict[tuple[str, str], str] = {}
+    for name, keys in preset_paper_rows().items():
+        command = (f"avmaster train data={data}" if name == "full"
+                   else f"avmaster train data={data} ablation={name} name={name}")
+        out.update({key: command for key in keys})
+    for name in preset_names(VARIANTS_KIND):
+        v = load_variant(name)
+        command = f"avmaster eval data={data} ckpt={EXAMPLE_CKPT} variants={name}"
+        keys = [(v.paper, r.setting) for r in v.rows] or [(v.paper, "k=0..T-1")]
+        out.update({key: command for key in keys})
+    out.update(UNAVAILABLE)
+    return out
+
+
+def _readout_step(setting: str) -> int:
+    return int(setting.split("=", 1)[1])
+
+
+def experiment_sections(measured: pd.DataFrame, chart: bool = True) -> list[Section]:
+    """One section per paper table and figure (VII-XIII, Fig. 4-6): every row the paper reports
+    or a preset / variant produces, the reported value, the measured ones, and for rows with
+    no measurement the command that produces it. Fig. 6 is drawn as a curve over k."""
+    frame = compare_ablations(load_reported(ABLATIONS), measured)
+    commands = row_commands()
+    missing = [k for k in commands if k not in frame.index]
+    if missing:
+        frame = pd.concat([frame, pd.DataFrame(index=pd.MultiIndex.from_tuples(
+            missing, names=list(ABLATION_INDEX)), columns=frame.columns, dtype=float)])
+    measured_cols = [c for c in frame.columns if c.startswith(MEASURED_PREFIX)]
+    sections = []
+    for table, title in EXPERIMENTS:
+        part = frame.xs(table, level=0, drop_level=False)
+        figure = None
+        if table == READOUT:
+            measured_rows = [k for k in part.index if k[1] != "k=0..T-1"]
+            if measured_rows:
+                part = part.loc[sorted(measured_rows, key=lambda k: _readout_step(k[1]))]
+            if chart and measured_rows:
+                figure = _readout_plot(part, measured_cols, title)
+        elif chart and not part.dropna(how="all").empty:
+            figure = plot(part.droplevel(0), title)
+        shown = part.droplevel(0).copy()
+        has_value = shown[measured_cols].notna().any(axis=1) if measured_cols else (
+            pd.Series(False, index=shown.index))
+        shown[COMMAND] = [("" if done else commands.get((table, s), ""))
+                          for s, done in zip(shown.index, has_value, strict=True)]
+        n = int(has_value.sum())
+        note = (f"{n} of {len(shown)} row(s) measured; the command column says how to produce "
+                "the others." if n else "None measured yet: each row's command produces it.")
+        if table.startswith("Fig."):
+            note += " The paper gives this figure as a plot only (no numbers to compare with)."
+        sections.append(Section(title, note, shown, figure))
+    if NOT_IN_PAPER in frame.index.get_level_values(0):
+        other = frame.xs(NOT_IN_PAPER, level=0)[[REPORTED_PREFIX, *measured_cols]]
+        sections.append(Section("Other measured results (not in the paper's tables)",
+                                "Runs whose presets or overrides match no paper row, by label.",
+                                other.drop(columns=[REPORTED_PREFIX])))
+    return sections
+
+
+def _readout_plot(part: pd.DataFrame, columns: Sequence[str], title: str) -> Any:
+    """Accuracy against the readout step k, one line per measured column."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(CHART_MIN_WIDTH, CHART_HEIGHT))
+    ks = [_readout_step(s) for s in part.index.get_level_values(1)]
+    for col in [c for c in columns if part[c].notna().any()]:
+        ax.plot(ks, part[col].to_numpy(dtype=float), marker="o", label=str(col))
+    ax.set_xlabel("readout step k")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def show(sec: Section) -> None:
     """Display a section in a notebook: title, note, table, chart."""
     from IPython.display import Markdown, display
 
     display(Markdown(f"## {sec.title}\n\n{sec.note}"))
-    display(sec.frame.round(2))
+    display(sec.frame.round(2) if COMMAND not in sec.frame else sec.frame.style.format(
+        precision=2, na_rep="–"))
     if sec.figure is not None:
         display(sec.figure)
         import matplotlib.pyplot as plt

@@ -56,8 +56,13 @@ def test_ablations_notebook(tmp_path, monkeypatch):
     nb = run_notebook("ablations.ipynb", results, monkeypatch, tmp_path)
     assert_clean(nb)
     html = "\n".join(outputs(nb, "text/html"))
+    markdown = "\n".join(outputs(nb, "text/markdown"))
     assert "w/o AVFC" in html and "measured (music_avqa)" in html and "measured (demo)" in html
-    assert len(outputs(nb, "image/png")) == 1
+    for title in ("Table VII", "Table VIII", "Table IX", "Table X:", "Table XI", "Table XII",
+                  "Table XIII", "Fig. 4", "Fig. 5", "Fig. 6"):
+        assert f"## {title}" in markdown, title
+    assert "variants=table13" in html and "ablation=segments_24" in html  # missing rows
+    assert len(outputs(nb, "image/png")) == 10  # every table and figure with a value
 
 
 def test_notebooks_without_results(tmp_path, monkeypatch):

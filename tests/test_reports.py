@@ -39,7 +39,7 @@ def write_eval(folder: Path, base: float, overrides: list[str], variant: tuple =
     inference, tag, extra = cfg.inference, "", {}
     if variant:
         group, row = variant
-        spec = next(r for r in load_variant(group).rows if r.name == row)
+        spec = next(r for r in load_variant(group).expand(4, cfg.inference) if r.name == row)
         inference, tag = spec.inference, f"{group}: {row}"
         extra = {"variant": group, "row": row, "setting": spec.setting,
                  "paper": load_variant(group).paper}
@@ -54,6 +54,8 @@ def make_results(root: Path) -> Path:
     and a demo."""
     write_eval(root / "full", 70.0, [])
     write_eval(root / "full", 65.0, [], ("table12", "wo_ape"))
+    for k, base in enumerate((50.0, 52.0, 51.0, 58.0)):  # a Fig. 6 curve over T = 4 steps
+        write_eval(root / "full", base, [], ("fig6", f"k{k:02d}"))
     write_eval(root / "wo_avfc", 60.0, ["ablation=wo_avfc"])
     write_eval(root / "wo_avfc", 55.0, ["ablation=wo_avfc"], ("table13", "mul"))
     write_run(root / "named", "music_avqa", "music_avqa", 50.0, meta={"ablation": "template_4"})
@@ -111,7 +113,7 @@ def test_every_preset_and_variant_names_a_paper_row():
 
 def test_load_measured_finds_every_result_once(results):
     m = reports.load_measured(results)
-    assert sorted(m["dataset"]) == ["demo", "demo", *["music_avqa"] * 5, "music_avqa_v2"]
+    assert sorted(m["dataset"]) == ["demo", "demo", *["music_avqa"] * 9, "music_avqa_v2"]
     demo = m[m["dataset"] == "demo"].set_index("method")
     assert demo.loc["AV-Master", "avg"] == pytest.approx(90.0 + 12)  # the demo's run is not
     assert set(demo["ablation"]) == {"full", "question_only"}      # counted twice
@@ -139,7 +141,7 @@ def test_compare_puts_measured_next_to_reported(results):
     assert frame.columns[0] == "reported AV-Master"
     measured = [c for c in frame.columns if c.startswith("measured")]
     deltas = [c for c in frame.columns if c.startswith("Δ")]
-    assert len(measured) == 5 and len(deltas) == 5
+    assert len(measured) == 9 and len(deltas) == 9
     col = "measured AV-Master [wo_avfc]"
     assert frame.loc["avg", col] == pytest.approx(60.0 + 12)
     assert frame.loc["avg", "Δ AV-Master [wo_avfc]"] == pytest.approx(72.0 - 78.51)
@@ -181,7 +183,32 @@ def test_sections_say_when_nothing_was_measured(results, tmp_path):
     assert "AV-Master" in sec.frame.index.get_level_values("method")
     assert sec.figure is not None
     sec = reports.section("music_avqa", reports.load_measured(results))
-    assert "5 measured" in sec.note and sec.frame.shape[1] == 11
+    assert "9 measured" in sec.note and sec.frame.shape[1] == 19
     assert reports.section("demo", empty).figure is None
     abl = reports.ablation_section(empty, chart=False)
     assert abl.note.startswith("None measured") and list(abl.frame.columns) == ["reported"]
+
+
+def test_experiment_sections_cover_every_table_and_figure(results):
+    secs = reports.experiment_sections(reports.load_measured(results))
+    titles = [s.title for s in secs]
+    assert [t.split(":")[0] for t in titles[:10]] == [
+        "Table VII", "Table VIII", "Table IX", "Table X", "Table XI", "Table XII", "Table XIII",
+        "Fig. 4", "Fig. 5", "Fig. 6"]
+    by = dict(zip([t.split(":")[0] for t in titles], secs, strict=True))
+    t12 = by["Table XII"].frame
+    assert t12.loc["w/o APE", "measured (music_avqa)"] == 77.0
+    assert t12.loc["w/o APE", "command"] == ""  # measured: no command needed
+    assert t12.loc["w/o VPE", "command"] == (
+        "avmaster eval data=music_avqa ckpt=runs/avmaster/checkpoints/last.ckpt variants=table12")
+    assert by["Table VIII"].frame.loc["L_qa only", "command"] == (
+        "avmaster train data=music_avqa ablation=loss_qa name=loss_qa")
+    assert by["Fig. 4"].frame.loc["12", "command"].endswith("ablation=segments_12 name=segments_12")
+    assert by["Fig. 4"].frame.loc["60", "measured (music_avqa)"] == 82.0  # the full model
+    assert "not available" in by["Table XI"].frame.loc["InternVideo2 + InternVideo2", "command"]
+    fig6 = by["Fig. 6"]
+    assert list(fig6.frame.index) == ["k=0", "k=1", "k=2", "k=3"]
+    assert list(fig6.frame["measured (music_avqa)"]) == [62.0, 64.0, 63.0, 70.0]
+    assert fig6.figure is not None and len(fig6.figure.axes[0].lines) == 1
+    other = by["Other measured results (not in the paper's tables)"].frame
+    assert "AV-Master [wo_avfc] {table13: mul}" in other.index
