@@ -66,10 +66,13 @@ def extract_config_for(settings: Mapping[str, Any], **overrides: Any):
         "frame_position": float(visual.get("frame_position", 0.0)),
         "fast_decode": bool(visual.get("fast_decode", False)),
         "vggish_postprocess": audio.get("postprocess", "none"),
+        "audio_encoder": "clap" if audio.get("encoder") == "clap" else "vggish",
         "seconds": int(settings.get("seconds") or visual.get("seconds") or 60),
         "progress": False,
         "workers": 1,
     }
+    if audio.get("encoder") == "clap":
+        cfg["clap_model"] = audio["model"]
     if not random_init and clip.get("pretrained"):
         cfg["pretrained"] = clip["pretrained"]
     cfg.update({k: v for k, v in overrides.items() if v is not None})

@@ -72,6 +72,8 @@ EFFECTS: dict[str, Effect] = {
     "encoder_clip_l224": Effect(fields={"data.visual_features": "visual_vit-l-14_openai.h5",
                                         "data.text_features": "text_vit-l-14_openai.h5"}),
     "encoder_res18": Effect(fields={"data.visual_features": "visual_resnet18_imagenet1k-v1.h5"}),
+    "encoder_clap": Effect(fields={
+        "data.audio_features": "audio_clap_laion-clap-htsat-unfused.h5"}),
     # Fig. 4: S of the T seconds; Fig. 5: one modality's input off
     **{f"segments_{s}": Effect(fields={"data.segments": s}) for s in (12, 24, 36, 48)},
     "inputs_a_q": Effect(ALL - {"proj_visual", "visual_pref", "visual_decoder"},

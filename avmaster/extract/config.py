@@ -18,6 +18,9 @@ VISUAL_ENCODERS = ("clip", "resnet18")  # resnet18: Table XI's ResNet-18 row (to
 RESNET_NAME = "resnet18"
 RESNET_TAG = "imagenet1k-v1"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
 RESNET_SIZE = 224  # the MUSIC-AVQA release: 224 x 224 frames, one per second
+AUDIO_ENCODERS = ("vggish", "clap")  # clap: Table XI's CLAP row (transformers, avmaster[clap])
+CLAP_MODEL = "laion/clap-htsat-unfused"  # Hugging Face id or a local directory (offline)
+CLAP_RATE = 48_000  # CLAP's sample rate
 VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "avi", "mov")
 VGGISH_POSTPROCESS = ("none", "pca", "pca-quantized")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -57,7 +60,9 @@ class ExtractConfig:
     # visual encoder: the CLIP model above, or ResNet-18 (the text stays CLIP's)
     visual_encoder: str = "clip"
     resnet_weights: str | None = None  # local torchvision resnet18 state dict (offline)
-    # audio encoder
+    # audio encoder: VGGish, or CLAP (one vector per second)
+    audio_encoder: str = "vggish"
+    clap_model: str = CLAP_MODEL  # with random_init: "avmaster-tiny" for tests
     vggish_weights: str | None = None
     vggish_pca_weights: str | None = None
     vggish_postprocess: str = "none"
@@ -102,6 +107,11 @@ class ExtractConfig:
         if self.visual_encoder != "clip" and self.patch_tokens:
             raise ValueError("patch_tokens needs visual_encoder clip (ResNet-18 stores the "
                              "pooled 512-d vector only)")
+        if self.audio_encoder not in AUDIO_ENCODERS:
+            raise ValueError(f"audio_encoder {self.audio_encoder!r}: choose one of "
+                             f"{AUDIO_ENCODERS}")
+        if self.clap_model == TINY_MODEL and not self.random_init and self.audio_encoder == "clap":
+            raise ValueError(f"clap_model {TINY_MODEL} has no weights: use it with random_init")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r}: choose one of {PRECISIONS}")
         if not 0.0 <= self.frame_position < 1.0:
@@ -161,7 +171,8 @@ def feature_paths(cfg: ExtractConfig | None = None, out: Path | str | None = Non
     ``slug = clip_slug(model, pretrained or 'random')`` (the visual file of ResNet-18:
     ``visual_resnet18_imagenet1k-v1.h5``, or ``visual_resnet18_random.h5``);
     ``audio_vggish.h5`` (``-pca`` /
-    ``-pca-quantized`` for the post-processed variants, ``_random`` for random weights).
+    ``-pca-quantized`` for the post-processed variants, ``_random`` for random weights), or
+    ``audio_clap_<model>.h5`` (``audio_clap_laion-clap-htsat-unfused.h5``).
     """
     cfg = cfg or ExtractConfig()
     out = Path(out if out is not None else cfg.out)
@@ -173,6 +184,8 @@ def feature_paths(cfg: ExtractConfig | None = None, out: Path | str | None = Non
     post = vggish_postprocess or cfg.vggish_postprocess
     audio = "audio_vggish" + ("" if post == "none" else f"-{post}")
     audio += f"_{RANDOM_TAG}" if random_init else ""
+    if cfg.audio_encoder == "clap":
+        audio = f"audio_clap_{RANDOM_TAG if random_init else clap_tag(cfg.clap_model)}"
     return FeaturePaths(
         visual=out / f"visual_{visual}.h5",
         audio=out / f"{audio}.h5",
@@ -216,7 +229,28 @@ def patch_settings(cfg: ExtractConfig) -> dict[str, Any]:
     return {**visual_settings(cfg), "output": "patch_tokens_projected"}
 
 
+def clap_tag(model: str) -> str:
+    """A CLAP model's ``pretrained`` tag: its Hugging Face id or folder name, slugged
+    (``laion/clap-htsat-unfused`` -> ``laion-clap-htsat-unfused``)."""
+    path = Path(model)
+    return slug(path.name if path.is_dir() else model)
+
+
+def audio_encoder_name(cfg: ExtractConfig) -> str:
+    """The audio file's ``encoder`` attribute: ``torchvggish:vggish`` or ``clap``."""
+    return "clap" if cfg.audio_encoder == "clap" else "torchvggish:vggish"
+
+
 def audio_settings(cfg: ExtractConfig) -> dict[str, Any]:
+    if cfg.audio_encoder == "clap":
+        clap: dict[str, Any] = {"encoder": "clap", "model": cfg.clap_model,
+                                "pretrained": RANDOM_TAG if cfg.random_init
+                                else clap_tag(cfg.clap_model), "output": "audio_embeds",
+                                "sample_rate": CLAP_RATE, "window": "1 s, repeat-padded",
+                                "seconds": cfg.stored_seconds, "dtype": cfg.dtype}
+        if cfg.random_init:
+            clap["seed"] = cfg.seed
+        return clap
     out: dict[str, Any] = {"encoder": "vggish", "pretrained": RANDOM_TAG if cfg.random_init
                            else "audioset", "postprocess": cfg.vggish_postprocess,
                            "seconds": cfg.stored_seconds, "dtype": cfg.dtype}

@@ -1,5 +1,5 @@
 """The encoders: any open_clip model (image + text towers), VGGish (torchvggish) and, for the
-paper's Table XI, torchvision's ResNet-18 (images only).
+paper's Table XI, torchvision's ResNet-18 (images only) and CLAP's audio tower (transformers).
 
 Weights come from the libraries' own download paths (cached), from local files
 (``clip_weights`` / ``vggish_weights`` / ``vggish_pca_weights``), or are random
@@ -21,7 +21,14 @@ from torch import nn
 from torchvggish import torchvggish as tvg
 from torchvggish import vggish_params
 
-from avmaster.extract.config import RANDOM_TAG, RESNET_SIZE, RESNET_TAG
+from avmaster.extract.config import (
+    CLAP_RATE,
+    RANDOM_TAG,
+    RESNET_SIZE,
+    RESNET_TAG,
+    TINY_MODEL,
+    clap_tag,
+)
 
 log = logging.getLogger(__name__)
 
@@ -409,3 +416,63 @@ class ResNetEncoder:
         x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = ((x - self._mean) / self._std).to(self.dtype)
         return self.model(x).float().cpu(), None
+
+
+# ----------------------------------------------------------------------------- CLAP
+
+# A tiny HTSAT audio tower for tests and demos (``clap_model=avmaster-tiny`` with random_init).
+TINY_CLAP = {"depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1], "hidden_size": 128,
+             "patch_embeds_hidden_size": 16, "projection_dim": 32, "window_size": 8,
+             "enable_fusion": False}
+
+
+class ClapEncoder:
+    """CLAP audio embeddings, one per second: each second of 48 kHz mono audio is encoded on its
+    own (CLAP's feature extractor repeat-pads it to its 10-s window), giving the projected
+    ``audio_embeds`` (not L2-normalised, like the stored CLIP vectors).
+
+    transformers' ``ClapAudioModelWithProjection`` (the optional extra ``avmaster[clap]``) loads
+    ``model`` by Hugging Face id (cached download) or from a local directory (offline: a copy
+    of ``laion/clap-htsat-unfused``); ``random_init`` builds it with random weights (the
+    ``avmaster-tiny`` size or the default HTSAT), for tests and demos only.
+    """
+
+    def __init__(self, model: str, *, random_init: bool = False, seed: int = 0,
+                 device: torch.device | str = "cpu"):
+        try:
+            from transformers import (
+                ClapAudioConfig,
+                ClapAudioModelWithProjection,
+                ClapFeatureExtractor,
+            )
+        except ImportError as e:
+            raise ImportError("the CLAP audio encoder needs transformers: "
+                              'pip install "avmaster[clap]"') from e
+        self.device = torch.device(device)
+        self.pretrained = RANDOM_TAG if random_init else clap_tag(model)
+        if random_init:
+            _random_warning(f"CLAP {model}")
+            config = ClapAudioConfig(**(TINY_CLAP if model == TINY_MODEL else {}))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net = ClapAudioModelWithProjection(config)
+            self.features = ClapFeatureExtractor(truncation="rand_trunc")
+        else:
+            try:
+                net = ClapAudioModelWithProjection.from_pretrained(model)
+                self.features = ClapFeatureExtractor.from_pretrained(model)
+            except OSError as e:
+                raise WeightsUnavailableError(
+                    f"CLAP {model!r} could not be loaded ({e}). Fix: download it on a machine "
+                    "with internet access (huggingface-cli download laion/clap-htsat-unfused "
+                    "--local-dir DIR) and pass --clap-model DIR") from e
+        self.model = net.eval().to(self.device)
+        self.dim = int(net.config.projection_dim)
+
+    @torch.inference_mode()
+    def encode(self, waves: torch.Tensor) -> torch.Tensor:
+        """float32 [B, 48000] one-second waveforms -> float32 [B, D] on the CPU."""
+        inputs = self.features(list(waves.numpy()), sampling_rate=CLAP_RATE,
+                               return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        return self.model(**inputs).audio_embeds.float().cpu()

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from avmaster.data.store import pad_or_trim
-from avmaster.extract.config import ExtractConfig
+from avmaster.extract.config import CLAP_RATE, ExtractConfig
 from avmaster.extract.decode import decode_video
 from avmaster.extract.decoded import DecodedVideo, DecodeSpec, Problem
 from avmaster.extract.encoders import (
+    ClapEncoder,
     ClipEncoder,
     ResNetEncoder,
     VGGishEncoder,
@@ -55,6 +56,7 @@ class FeatureExtractor:
         self._clip: ClipEncoder | None = None
         self._resnet: ResNetEncoder | None = None
         self._vggish: VGGishEncoder | None = None
+        self._clap: ClapEncoder | None = None
 
     @property
     def clip(self) -> ClipEncoder:
@@ -94,6 +96,18 @@ class FeatureExtractor:
         return self._vggish
 
     @property
+    def audio(self) -> VGGishEncoder | ClapEncoder:
+        """The audio encoder: VGGish, or CLAP with ``audio_encoder=clap``."""
+        c = self.config
+        if c.audio_encoder == "vggish":
+            return self.vggish
+        if self._clap is None:
+            self._clap = ClapEncoder(c.clap_model, random_init=c.random_init, seed=c.seed,
+                                     device=self.device)
+            log.info("CLAP %s/%s on %s", c.clap_model, self._clap.pretrained, self.device)
+        return self._clap
+
+    @property
     def decode_spec(self) -> DecodeSpec:
         """How worker processes decode for this extractor (the CLIP input size and resize)."""
         c, visual = self.config, self.visual
@@ -104,6 +118,7 @@ class FeatureExtractor:
                           fill_color=int(pre.get("fill_color") or 0),
                           seconds=c.stored_seconds, frame_position=c.frame_position,
                           silence_peak=c.silence_peak, decode_threads=c.decode_threads,
+                          wave_rate=CLAP_RATE if c.audio_encoder == "clap" else None,
                           gop_skip=not c.decode_all_frames, fast_decode=c.fast_decode,
                           hwaccel=c.hwaccel)
 
@@ -119,14 +134,15 @@ class FeatureExtractor:
         if ok:
             counts = [v.n_seconds for v in ok]
             frames = torch.cat([v.frames for v in ok])  # type: ignore[misc]
-            mel = torch.cat([v.log_mel for v in ok])  # type: ignore[misc]
+            clap = self.config.audio_encoder == "clap"
+            mel = torch.cat([v.wave if clap else v.log_mel for v in ok])  # type: ignore[misc]
             vis, patch = [], []
             for chunk in self._chunks(frames, self.config.batch_size):
                 v, p = self.visual.encode_images(chunk)
                 vis.append(v)
                 if p is not None:
                     patch.append(p.flatten(1))
-            aud = [self.vggish.encode(c) for c in self._chunks(mel, self.config.audio_batch_size)]
+            aud = [self.audio.encode(c) for c in self._chunks(mel, self.config.audio_batch_size)]
             vis_s = torch.cat(vis).numpy()
             aud_s = torch.cat(aud).numpy()
             patch_s = torch.cat(patch).numpy() if patch else None

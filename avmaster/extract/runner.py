@@ -27,6 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from avmaster.data.annotations import AnnotationError
 from avmaster.data.store import FeatureStoreError, text_key
 from avmaster.extract.config import (
+    AUDIO_ENCODERS,
     DEVICES,
     HWACCELS,
     PRECISIONS,
@@ -160,7 +161,7 @@ def extract_videos(cfg: ExtractConfig, extractor: FeatureExtractor,
     """Decode ``items`` on worker processes, encode in cross-video batches, write parts."""
     writer = VideoPartWriter(video_parts_dir(cfg), cfg)
     spec = extractor.decode_spec
-    _ = extractor.vggish  # build both encoders before the workers start
+    _ = extractor.audio  # build both encoders before the workers start
     workers = min(cfg.workers, len(items))
     group: list[DecodedVideo] = []
     bar = tqdm(total=len(items), unit="video", disable=not cfg.progress, smoothing=0.05,
@@ -389,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "avgpool at 224 px, ImageNet weights; paper Table XI); text stays CLIP")
     g.add_argument("--resnet-weights", metavar="FILE",
                    help="local torchvision resnet18 state dict (resnet18-f37072fd.pth; offline)")
+    g.add_argument("--audio-encoder", default=d.audio_encoder, choices=AUDIO_ENCODERS,
+                   help="audio encoder: vggish, or clap (one CLAP embedding per second of 48 "
+                        'kHz audio; paper Table XI; pip install "avmaster[clap]")')
+    g.add_argument("--clap-model", default=d.clap_model, metavar="ID_OR_DIR",
+                   help="CLAP model: Hugging Face id or a local directory (offline)")
     g.add_argument("--vggish-weights", metavar="FILE", help="local VGGish .pth (offline)")
     g.add_argument("--vggish-pca-weights", metavar="FILE",
                    help="local VGGish PCA params (.pth or .npz; offline)")
