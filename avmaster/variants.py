@@ -22,14 +22,14 @@ from typing import Any
 
 import torch
 
+from avmaster.atomic import atomic_write_text
 from avmaster.config import Config, ConfigError, VariantRow, load_variant
 from avmaster.data.vocab import NO_LABEL
-from avmaster.io import atomic_write_text
 from avmaster.lightning_module import PATH_PREFIX, AVMasterModule
 from avmaster.metrics import GroupedAccuracy, write_results
 from avmaster.models.combine import combine
 from avmaster.models.config import InferenceConfig
-from avmaster.run import (
+from avmaster.training import (
     build_datamodule,
     build_trainer,
     checkpoint_record,

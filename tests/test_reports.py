@@ -14,7 +14,7 @@ from avmaster import reports
 from avmaster.config import load_config, load_variant, preset_names
 from avmaster.data.tables import get_table
 from avmaster.metrics import write_results
-from avmaster.run import result_label, results_meta, run_record
+from avmaster.training import result_label, results_meta, run_record
 
 
 def table_values(table: str, base: float) -> dict[str, float]:

@@ -14,7 +14,7 @@ from conftest import make_features
 from avmaster.cli import main
 from avmaster.config import load_config
 from avmaster.data.annotations import load_annotations
-from avmaster.run import results_name
+from avmaster.training import results_name
 
 TINY = ["model.dim=32", "model.heads=2", "model.template_len=2", "model.decoder_depth=1",
         "data.batch_size=16", "data.eval_batch_size=32", "data.num_workers=0",
@@ -99,7 +99,7 @@ def test_eval_needs_a_checkpoint(overrides, capsys):
 
 
 def test_ablation_presets_build_and_train_one_step(overrides):
-    from avmaster.run import build_datamodule, build_module, build_trainer
+    from avmaster.training import build_datamodule, build_module, build_trainer
 
     for preset in ("ablation=wo_tdpp", "ablation=wo_all", "ablation=question_only",
                    "ablation=share_none", "ablation=loss_qa", "ablation=inputs_v_q",

@@ -3,9 +3,11 @@
 from avmaster.models.avmaster import (
     AVMaster,
     AVMasterOutput,
+    Branches,
     Paths,
     as_dims,
     count_parameters,
+    resolve_branches,
     resolve_paths,
 )
 from avmaster.models.blocks import CAB, FFN, MLP, SAB, Attention, SingleKeyCAB
@@ -31,6 +33,7 @@ __all__ = [
     "AVMasterOutput",
     "AnswerDecoder",
     "Attention",
+    "Branches",
     "ClassHead",
     "FeatureDims",
     "FocusCapture",
@@ -48,6 +51,7 @@ __all__ = [
     "SingleKeyCAB",
     "as_dims",
     "count_parameters",
+    "resolve_branches",
     "resolve_paths",
     "to_dataclass",
 ]

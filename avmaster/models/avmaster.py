@@ -20,10 +20,10 @@ so no parameter exists that would not receive a gradient:
 - question only: a decoder reads the question words with the sentence as query.
 
 Loss weights change no module (paper Table VIII): every decoder the switches build is kept and
-votes at inference; modules that no active loss reaches (:func:`resolve_paths`) are frozen at
-their random initialisation (``requires_grad=False``), e.g. the preference branches and their
-decoders under ``L_qa`` alone. Every trainable parameter therefore receives a gradient, which
-also keeps DDP without ``find_unused_parameters`` working.
+votes at inference; modules that no active loss reaches (:func:`resolve_branches`) are frozen
+at their random initialisation (``requires_grad=False``), e.g. the preference branches and
+their decoders under ``L_qa`` alone. Every trainable parameter therefore receives a gradient,
+which also keeps DDP without ``find_unused_parameters`` working.
 
 Inputs (Fig. 5): with ``use_audio`` / ``use_visual`` off, that modality's projected sequence is
 zeros of the same shape (no input projection is built for it).
@@ -47,6 +47,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from avmaster.data.batch import Batch
 from avmaster.models.combine import combine
 from avmaster.models.config import (
     FeatureDims,
@@ -123,8 +124,8 @@ class AVMasterOutput:
 
 
 @dataclass(frozen=True)
-class Paths:
-    """A set of modules (see :func:`resolve_paths`)."""
+class Branches:
+    """A set of modules (branches of the two paths; see :func:`resolve_branches`)."""
 
     focus: bool
     fusion: bool
@@ -143,24 +144,24 @@ class Paths:
         return self.fusion or self.visual_pref
 
 
-def resolve_paths(cfg: ModelConfig, loss: LossConfig) -> tuple[Paths, Paths]:
+def resolve_branches(cfg: ModelConfig, loss: LossConfig) -> tuple[Branches, Branches]:
     """``(built, trained)``: the modules the model switches build, and those of them that the
     active (weight > 0) losses reach. Built but untrained modules are frozen, not removed."""
     if cfg.question_only:
         if loss.qa <= 0:
             raise ValueError("the question-only model needs loss.qa > 0")
-        only = Paths(False, False, True, False, False, False, False)
+        only = Branches(False, False, True, False, False, False, False)
         return only, only
     ape, vpe, tdpp = cfg.audio_preference, cfg.visual_preference, cfg.use_tdpp
-    built = Paths(focus=tdpp and cfg.use_focus, fusion=tdpp, decoder=tdpp, audio_pref=ape,
-                  audio_decoder=ape, visual_pref=vpe, visual_decoder=vpe)
+    built = Branches(focus=tdpp and cfg.use_focus, fusion=tdpp, decoder=tdpp, audio_pref=ape,
+                     audio_decoder=ape, visual_pref=vpe, visual_decoder=vpe)
     contrastive = tdpp and (ape or vpe) and loss.contrastive > 0
     decoder = tdpp and loss.qa > 0
     audio_decoder, visual_decoder = ape and loss.audio > 0, vpe and loss.visual > 0
     if not (decoder or audio_decoder or visual_decoder):
         raise ValueError("no answer decoder is trained: check model paths and loss weights")
     fusion = decoder or contrastive
-    trained = Paths(
+    trained = Branches(
         focus=fusion and cfg.use_focus,
         fusion=fusion,
         decoder=decoder,
@@ -170,6 +171,11 @@ def resolve_paths(cfg: ModelConfig, loss: LossConfig) -> tuple[Paths, Paths]:
         visual_decoder=visual_decoder,
     )
     return built, trained
+
+
+# The earlier names (they read like file paths), kept importable.
+Paths = Branches
+resolve_paths = resolve_branches
 
 
 class AVMaster(nn.Module):
@@ -198,8 +204,8 @@ class AVMaster(nn.Module):
         dims = as_dims(dims)
         if not multiple_choice and num_answers < 1:
             raise ValueError("num_answers must be >= 1 unless multiple_choice=True")
-        paths, trained = resolve_paths(cfg, to_dataclass(LossConfig, loss_cfg))
-        self.cfg, self.dims, self.paths, self.trained = cfg, dims, paths, trained
+        branches, trained = resolve_branches(cfg, to_dataclass(LossConfig, loss_cfg))
+        self.cfg, self.dims, self.branches, self.trained = cfg, dims, branches, trained
         self.num_answers, self.multiple_choice = num_answers, multiple_choice
         dim, heads, ff, drop = cfg.dim, cfg.heads, cfg.ff_mult, cfg.dropout
 
@@ -211,26 +217,27 @@ class AVMaster(nn.Module):
         self.proj_words = nn.Linear(dims.text, dim)
         self.proj_option = nn.Linear(dims.text, dim) if multiple_choice else None
 
-        self.proj_audio = nn.Linear(dims.audio, dim) if paths.audio and cfg.use_audio else None
-        self.proj_visual = (nn.Linear(dims.visual, dim) if paths.visual and cfg.use_visual
+        self.proj_audio = (nn.Linear(dims.audio, dim) if branches.audio and cfg.use_audio
+                           else None)
+        self.proj_visual = (nn.Linear(dims.visual, dim) if branches.visual and cfg.use_visual
                             else None)
         self.focus = (
             FocusCapture(
                 dim, heads, cfg.template_len, ff, drop, cfg.share_attention, cfg.share_bias
             )
-            if paths.focus
+            if branches.focus
             else None
         )
-        self.fusion = KeyFusion(dim, heads, ff, drop) if paths.fusion else None
-        self.decoder = decoder() if paths.decoder else None
+        self.fusion = KeyFusion(dim, heads, ff, drop) if branches.fusion else None
+        self.decoder = decoder() if branches.decoder else None
 
         def preference() -> PreferenceActivation:
             return PreferenceActivation(dim, heads, ff, drop)
 
-        self.audio_pref = preference() if paths.audio_pref else None
-        self.audio_decoder = decoder() if paths.audio_decoder else None
-        self.visual_pref = preference() if paths.visual_pref else None
-        self.visual_decoder = decoder() if paths.visual_decoder else None
+        self.audio_pref = preference() if branches.audio_pref else None
+        self.audio_decoder = decoder() if branches.audio_decoder else None
+        self.visual_pref = preference() if branches.visual_pref else None
+        self.visual_decoder = decoder() if branches.visual_decoder else None
         for name in self.frozen_modules:
             getattr(self, name).requires_grad_(False)
 
@@ -239,19 +246,19 @@ class AVMaster(nn.Module):
         """Built modules that no active loss trains (paper Table VIII: kept, and they vote)."""
         names = ("focus", "fusion", "decoder", "audio_pref", "audio_decoder", "visual_pref",
                  "visual_decoder")
-        frozen = [n for n in names if getattr(self.paths, n) and not getattr(self.trained, n)]
+        frozen = [n for n in names if getattr(self.branches, n) and not getattr(self.trained, n)]
         if not self.trained.audio and self.proj_audio is not None:
             frozen.append("proj_audio")
         if not self.trained.visual and self.proj_visual is not None:
             frozen.append("proj_visual")
         return frozen
 
-    def _inputs(self, batch: Mapping[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+    def _inputs(self, batch: Batch) -> tuple[Tensor | None, Tensor | None]:
         """Projected ``audio, visual [B, T, D]``: zeros for a switched-off input (Fig. 5),
         ``None`` where no module reads it."""
         out = []
-        for name, proj, used in (("audio", self.proj_audio, self.paths.audio),
-                                 ("visual", self.proj_visual, self.paths.visual)):
+        for name, proj, used in (("audio", self.proj_audio, self.branches.audio),
+                                 ("visual", self.proj_visual, self.branches.visual)):
             x = batch[name]
             if proj is not None:
                 out.append(proj(x))
@@ -261,7 +268,7 @@ class AVMaster(nn.Module):
                 out.append(None)
         return out[0], out[1]
 
-    def forward(self, batch: Mapping[str, Tensor], readout_step: int | None = None
+    def forward(self, batch: Batch, readout_step: int | None = None
                 ) -> AVMasterOutput:
         """``readout_step``: read the focus templates out after step k of the recurrence
         (0-based; paper Fig. 6) instead of after the last second."""

@@ -103,7 +103,7 @@ class LossConfig:
     A weight of 0 switches its loss off (w/o DPCL: ``contrastive=0``; Table VIII's subsets). As
     in the paper, this changes no module: every decoder the model switches build is kept and
     votes at inference; the modules that no active loss reaches are frozen at their random
-    initialisation (see :func:`~avmaster.models.avmaster.resolve_paths`).
+    initialisation (see :func:`~avmaster.models.avmaster.resolve_branches`).
     """
 
     qa: float = 1.0
