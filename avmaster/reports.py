@@ -450,8 +450,13 @@ def experiment_sections(measured: pd.DataFrame, chart: bool = True) -> list[Sect
         shown[COMMAND] = [("" if done else commands.get((table, s), ""))
                           for s, done in zip(shown.index, has_value, strict=True)]
         n = int(has_value.sum())
-        note = (f"{n} of {len(shown)} row(s) measured; the command column says how to produce "
-                "the others." if n else "None measured yet: each row's command produces it.")
+        if n == len(shown):
+            note = f"All {n} row(s) measured."
+        elif n:
+            note = (f"{n} of {len(shown)} row(s) measured; the command column says how to "
+                    "produce the others.")
+        else:
+            note = "None measured yet: each row's command produces it."
         if table.startswith("Fig."):
             note += " The paper gives this figure as a plot only (no numbers to compare with)."
         sections.append(Section(title, note, shown, figure))

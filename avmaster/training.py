@@ -19,9 +19,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import OmegaConf
 
 from avmaster.atomic import atomic_path, atomic_write_text
-from avmaster.config import FULL, Config, switch_keys, to_dict
+from avmaster.config import FULL, Config, load_config, switch_keys, to_dict
 from avmaster.data.datamodule import AVQADataModule
 from avmaster.data.store import read_settings
 from avmaster.lightning_module import TOP_KEY, AVMasterModule
@@ -139,10 +140,16 @@ def ablations_of(record: dict[str, list[str]]) -> list[str]:
 
 
 def switch_overrides(record: dict[str, list[str]]) -> list[str]:
-    """The record's overrides of a key an ablation preset sets (sizes, paths and the
-    optimiser are not ablations)."""
-    keys = switch_keys()
-    return [o for o in record.get("overrides", []) if o.split("=", 1)[0] in keys]
+    """The record's overrides that set a key an ablation preset sets to another value than
+    the default (sizes, paths and the optimiser are not ablations)."""
+    keys, default = switch_keys(), OmegaConf.structured(load_config())
+    out = []
+    for item in record.get("overrides", []):
+        key = item.split("=", 1)[0]
+        if key in keys and (OmegaConf.select(OmegaConf.from_dotlist([item]), key)
+                            != OmegaConf.select(default, key)):
+            out.append(item)
+    return out
 
 
 def result_label(record: dict[str, list[str]], variant: str = "") -> str:

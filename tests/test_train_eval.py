@@ -114,7 +114,8 @@ def test_ablation_presets_build_and_train_one_step(overrides):
 
 def test_inference_time_variants_of_one_checkpoint(tmp_path, overrides, capsys):
     """Train once, then Tables XII and XIII and the Fig. 6 curve from that one checkpoint."""
-    assert main(["train", *overrides, "trainer.max_epochs=1", "ablation=wo_dpcl"]) == 0
+    assert main(["train", *overrides, "trainer.max_epochs=1", "ablation=wo_dpcl",
+                 "model.share=attention"]) == 0  # the default value: no ablation
     run = tmp_path / "runs" / "tiny"
     ckpt = run / "checkpoints" / "last.ckpt"
     assert main(["eval", *overrides, f"ckpt={ckpt}", "variants=table12,table13,fig6"]) == 0
