@@ -13,7 +13,8 @@ USAGE = """avmaster <command> [options]
 commands:
   train    [--config FILE] [--seeds N] [data=NAME] [ablation=NAME] [key=value ...]
                                                train AV-Master (N seeds: one run each + mean)
-  eval     ckpt=FILE|RUN [data=NAME] [key=value ...]   per-type table of a checkpoint or run(s)
+  eval     ckpt=FILE|RUN [data=NAME] [variants=table12,table13,fig6] [key=value ...]
+              per-type table of a checkpoint or run(s) (one per inference-time variant)
   score    --predictions FILE --annotations FILE [...]            score a predictions file
   compare  A B [--annotations FILE ...]    paired comparison of two predictions files or runs
   extract  --videos DIR --annotations FILE ... --out DIR         features to HDF5 (see --help)

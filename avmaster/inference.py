@@ -19,6 +19,7 @@ import torch
 from avmaster.checkpoints import read_checkpoint
 from avmaster.data.annotations import strip_question
 from avmaster.data.batch import Batch
+from avmaster.data.segments import segment_seconds
 from avmaster.extract.decoded import Problem
 from avmaster.lightning_module import TOP_K, AVMasterModule
 from avmaster.models.avmaster import AVMasterOutput
@@ -34,20 +35,26 @@ def extract_config_for(settings: Mapping[str, Any], **overrides: Any):
         raise ValueError("the checkpoint does not record how its features were extracted; "
                          "it was trained on features written by another tool")
     random_init = visual.get("pretrained") == "random"
+    resnet = visual.get("encoder") == "resnet18"  # Table XI: the text is still CLIP's
+    clip = settings.get("text", {}) if resnet else visual
     cfg: dict[str, Any] = {
-        "model": visual["model"],
+        "model": visual["text_model"] if resnet else visual["model"],
+        "visual_encoder": "resnet18" if resnet else "clip",
         "random_init": random_init,
         "seed": int(visual.get("seed", 0)),
         "normalize": bool(visual.get("normalize", False)),
         "frame_position": float(visual.get("frame_position", 0.0)),
         "fast_decode": bool(visual.get("fast_decode", False)),
         "vggish_postprocess": audio.get("postprocess", "none"),
+        "audio_encoder": "clap" if audio.get("encoder") == "clap" else "vggish",
         "seconds": int(settings.get("seconds") or visual.get("seconds") or 60),
         "progress": False,
         "workers": 1,
     }
-    if not random_init:
-        cfg["pretrained"] = visual["pretrained"]
+    if audio.get("encoder") == "clap":
+        cfg["clap_model"] = audio["model"]
+    if not random_init and clip.get("pretrained"):
+        cfg["pretrained"] = clip["pretrained"]
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     return ExtractConfig(**cfg)
 
@@ -80,6 +87,7 @@ class Predictor:
         self.answers = self.module.hparams.get("answers")
         settings = raw.get(CKPT_KEY, {})
         self.seconds = int(settings.get("seconds") or 0)
+        self.segments = settings.get("segments")  # Fig. 4 runs see S of the T seconds
         self.extractor_config = extract_config_for(settings, device=device, **extract_overrides)
         from avmaster.extract import FeatureExtractor
 
@@ -94,6 +102,9 @@ class Predictor:
         if not Path(video).is_file():
             raise FileNotFoundError(f"{video}: video not found")
         visual, audio, problems = self.extractor.encode_video_file(video)
+        keep = segment_seconds(len(visual), self.segments)
+        if keep is not None:
+            visual, audio = visual[keep], audio[keep]
         timings["extract video"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         texts = [strip_question(question), *(options or ())]

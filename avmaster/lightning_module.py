@@ -23,10 +23,18 @@ from avmaster.data.vocab import NO_LABEL
 from avmaster.losses import AVMasterLoss
 from avmaster.metrics import GroupedAccuracy
 from avmaster.models.avmaster import AVMaster, AVMasterOutput, as_dims
-from avmaster.models.config import FeatureDims, LossConfig, ModelConfig, OptimConfig, to_dataclass
+from avmaster.models.config import (
+    FeatureDims,
+    InferenceConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    to_dataclass,
+)
 
 TOP_K = 5  # answers kept per question by predict (and written to predictions files)
 TOP_KEY = "top5"  # their key in predict outputs and predictions files (a stable file format)
+PATH_PREFIX = "path/"  # predict_step's per-path softmax keys
 EVAL_STAGES = ("val", "test")
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
@@ -105,6 +113,7 @@ class AVMasterModule(L.LightningModule):
         self.criterion = AVMasterLoss(loss_cfg)
         self.optim_cfg = optim_cfg
         self.answers = answers
+        self.inference = InferenceConfig()  # how evaluation and prediction combine the paths
         self.metrics = nn.ModuleDict()  # per evaluation stage; made in setup()
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
@@ -113,7 +122,7 @@ class AVMasterModule(L.LightningModule):
         return Batch(**{k: v.float() if v.is_floating_point() else v for k, v in batch.items()})
 
     def forward(self, batch: Batch) -> AVMasterOutput:
-        return self.model(batch)
+        return self.model(batch, readout_step=self.inference.readout_step)
 
     # -- training --------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -143,10 +152,10 @@ class AVMasterModule(L.LightningModule):
                 self.metrics[name] = GroupedAccuracy(spec) if spec is not None else AnswerAccuracy()
 
     def _eval_step(self, batch: Batch, stage: str) -> Tensor:
-        out = self.model(batch)
+        out = self(batch)
         label = batch["label"]
         self._log_losses(stage, self.criterion(out, label), label.shape[0])
-        pred = out.pred()
+        pred = out.pred(self.inference)
         group = batch.get("group")
         group = torch.zeros_like(label) if group is None else group
         self.metrics[stage].update(pred, label, group)
@@ -179,13 +188,15 @@ class AVMasterModule(L.LightningModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        """``pred [B]``, ``top5 [B, k]`` answer indices with ``top5_prob [B, k]`` (mean of the
-        paths' softmaxes; k = min(TOP_K, C); the keys are :data:`TOP_KEY`) and the batch's
-        ``index``."""
-        probs = self.model(batch).probs()
+        """``pred [B]``, ``top5 [B, k]`` answer indices with ``top5_prob [B, k]`` (the paths'
+        softmaxes combined by :attr:`inference`; k = min(TOP_K, C); the keys are
+        :data:`TOP_KEY`), each path's softmax as ``path/<name> [B, C]``, and the batch's
+        ``index``, ``label`` and ``group``."""
+        out = self(batch)
+        probs = out.probs(self.inference)
         top = probs.topk(min(TOP_K, probs.shape[-1]), dim=-1)
         result = {"pred": probs.argmax(dim=-1), TOP_KEY: top.indices,
                   f"{TOP_KEY}_prob": top.values}
-        if "index" in batch:
-            result["index"] = batch["index"]
+        result.update({f"{PATH_PREFIX}{k}": v for k, v in out.path_probs().items()})
+        result.update({k: batch[k] for k in ("index", "label", "group") if k in batch})
         return result

@@ -13,6 +13,7 @@ are thin front ends of :func:`section` and :func:`ablation_section`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from avmaster.config import VARIANTS_KIND, load_variant, preset_names
 from avmaster.data.tables import get_table
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,8 @@ MEASURED_PREFIX = "measured"
 DELTA_PREFIX = "Δ"
 # Per metric column of a measured row: questions, interval bounds (%), std over seeds (points).
 N_PREFIX, LOW_PREFIX, HIGH_PREFIX, STD_PREFIX = "n:", "lo:", "hi:", "std:"
-KEY_COLUMNS = ("source", "dataset", "data", "table", "method", "setting", "ablation", "label")
+KEY_COLUMNS = ("source", "dataset", "data", "table", "method", "setting", "ablation", "label",
+               "paper")
 ABLATION_INDEX = ("table", "setting")
 CHART_WIDTH_PER_COLUMN = 0.55  # inches per metric column in :func:`plot`
 CHART_MIN_WIDTH = 6.0
@@ -68,36 +71,14 @@ BENCHMARKS: dict[str, Benchmark] = {
     "avqa": Benchmark("AVQA (paper Table V)", "avqa", None, "V "),
 }
 DEMO_TITLE = "Synthetic demo (avmaster demo; no reported counterpart)"
-ABLATION_TABLES = ("VII ", "VIII ", "IX ", "X ", "XI ", "XII ")
-
-# Ablation presets (configs/ablations/) -> the rows (table, setting) of reported_other.csv.
-ABLATION_ROWS: dict[str, tuple[tuple[str, str], ...]] = {
-    "full": (("VII ablation", "full"), ("VIII loss ablation", "all four"),
-             ("IX template length", "8"), ("X weight sharing", "attention shared (default)"),
-             ("XI encoders", "CLIP-L + VGGish"), ("XII preference enhancement", "full")),
-    "wo_all": (("VII ablation", "w/o ALL"),),
-    "wo_avfc": (("VII ablation", "w/o AVFC"),),
-    "wo_dpcl": (("VII ablation", "w/o DPCL"),),
-    "wo_gpap": (("VII ablation", "w/o GPAP"),),
-    "wo_tdpp": (("VII ablation", "w/o TDPP"),),
-    "loss_qa": (("VIII loss ablation", "L_qa only"),),
-    "loss_qa_c": (("VIII loss ablation", "L_qa+L_c"),),
-    "loss_qa_c_a": (("VIII loss ablation", "L_qa+L_c+L_a^p"),),
-    "loss_qa_c_v": (("VIII loss ablation", "L_qa+L_c+L_v^p"),),
-    "loss_qa_a_v": (("VIII loss ablation", "L_qa+L_a^p+L_v^p"),),
-    "template_16": (("IX template length", "16"),),
-    "template_12": (("IX template length", "12"),),
-    "template_4": (("IX template length", "4"),),
-    "template_2": (("IX template length", "2"),),
-    "share_none": (("X weight sharing", "none"),),
-    "share_bias": (("X weight sharing", "bias shared"),),
-    "share_both": (("X weight sharing", "both shared"),),
-    "encoder_clip_b": (("XI encoders", "CLIP-B + VGGish"),),
-    "encoder_clip_l224": (("XI encoders", "CLIP-L + VGGish"),),
-    "wo_ape": (("XII preference enhancement", "w/o APE"),),
-    "wo_vpe": (("XII preference enhancement", "w/o VPE"),),
-    "wo_avpe": (("XII preference enhancement", "w/o AVPE"),),
-}
+ABLATION_TABLES = ("VII ", "VIII ", "IX ", "X ", "XI ", "XII ", "XIII ", "Fig. ")
+# The full model stands for each table's default row; the presets name their own rows
+# (``paper:`` in configs/ablations/*.yaml, configs/variants/*.yaml).
+FULL_ROWS: tuple[tuple[str, str], ...] = (
+    ("VII ablation", "full"), ("VIII loss ablation", "all four"), ("IX template length", "8"),
+    ("X weight sharing", "attention shared (default)"), ("XI encoders", "CLIP-L + VGGish"),
+    ("XII preference enhancement", "full"), ("XIII prediction combination", "ADD (default)"),
+    ("Fig. 4 segment length", "60"), ("Fig. 5 input modalities", "A+V+Q"))
 NOT_IN_PAPER = "not in the paper's tables"
 
 
@@ -177,63 +158,34 @@ def _as_list(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
 
 
-def infer_ablations(config: dict[str, Any]) -> list[str]:
-    """The ablation presets a run's saved ``config.json`` matches (``['full']`` for none):
-    its ``model``/``loss`` switches that presets set, compared with the defaults, and its
-    feature files for the encoder presets. Identical presets (``wo_gpap``/``wo_avpe``) all
-    match."""
-    from omegaconf import OmegaConf
+def preset_paper_rows() -> dict[str, tuple[tuple[str, str], ...]]:
+    """Ablation preset -> the paper rows it reproduces (read from its YAML ``paper:`` key), with
+    ``full`` -> :data:`FULL_ROWS`."""
+    from avmaster.config import PRESET_KINDS, read_preset
 
-    from avmaster.config import PRESET_KINDS, load_config, to_dict
-    from avmaster.paths import config_dirs
-
-    default = to_dict(load_config())
-    presets: dict[str, Any] = {}
-    for d in config_dirs():
-        for f in sorted((d / PRESET_KINDS["ablation"]).glob("*.yaml")):
-            presets.setdefault(f.stem, OmegaConf.to_container(OmegaConf.load(f)))
-
-    def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            key = f"{prefix}{k}"
-            out.update(leaves(v, key + ".") if isinstance(v, dict) else {key: v})
-        return out
-
-    flat_cfg, flat_default = leaves(config), leaves(default)
-    flat_presets = {name: leaves(p) for name, p in presets.items() if isinstance(p, dict)}
-    switches = {k for p in flat_presets.values() for k in p if not k.startswith("data.")}
-    diff = {k: flat_cfg.get(k) for k in switches if flat_cfg.get(k) != flat_default.get(k)}
-    found = []
-    for name, p in flat_presets.items():
-        p_switch = {k: v for k, v in p.items() if not k.startswith("data.")}
-        p_data = {k: v for k, v in p.items() if k.startswith("data.")}
-        own = {k: v for k, v in p_switch.items() if v != flat_default.get(k)}
-        if p_data:
-            if not diff and all(flat_cfg.get(k) == v for k, v in p_data.items()):
-                found.append(name)
-        elif own and own == diff:
-            found.append(name)
-    return found or (["full"] if not diff else [])
+    kind = PRESET_KINDS["ablation"]
+    rows = {name: tuple(read_preset(kind, name)[1]) for name in preset_names(kind)}
+    return {"full": FULL_ROWS, **rows}
 
 
-def _ablations_of(path: Path, payload: dict[str, Any]) -> list[str]:
-    meta = payload.get("meta") or {}
-    named = _as_list(meta.get("ablation"))
-    if named:
-        return named
-    sources = _as_list(meta.get("sources"))  # an aggregate over seeds: its first seed's run
-    config = (path.parent / sources[0]).parent / "config.json" if sources else (
-        path.parent / "config.json")
-    if config.exists():
-        try:
-            return infer_ablations(json.loads(config.read_text()))
-        except (ValueError, KeyError, json.JSONDecodeError) as e:
-            log.warning("%s: cannot tell the run's ablation (%s)", config, e)
-    return []
+def paper_rows_of(meta: dict[str, Any], ablations: Sequence[str],
+                  table_rows: dict[str, tuple[tuple[str, str], ...]]) -> list[tuple[str, str]]:
+    """The paper rows one result stands for: its variant row when it is an inference-time
+    variant of the full model; else its presets' rows (default inference only); else none."""
+    inference = meta.get("inference") or {}
+    if meta.get("variant"):
+        return [(str(meta["paper"]), str(meta["setting"]))] if list(ablations) == ["full"] else []
+    from avmaster.models.config import InferenceConfig
+
+    if inference and inference != dataclasses.asdict(InferenceConfig()):
+        return []
+    return [key for a in ablations for key in table_rows.get(a, ())]
 
 
-def _rows_of(path: Path, payload: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
+def _rows_of(path: Path, payload: dict[str, Any], folder: Path,
+             table_rows: dict[str, tuple[tuple[str, str], ...]]) -> list[dict[str, Any]]:
+    """The rows of one results file, labelled by what the file records (``meta.ablation``,
+    ``meta.variant``); nothing is inferred."""
     meta = payload.get("meta") or {}
     table = str(payload.get("table", ""))
     data = str(meta.get("data", table))
@@ -246,20 +198,19 @@ def _rows_of(path: Path, payload: dict[str, Any], folder: Path) -> list[dict[str
                 for m, acc in payload["rows"].items()]
     else:
         rows = [(str(payload.get("method", "?")), payload.get("accuracy") or {},
-                 _ablations_of(path, payload), payload.get("interval") or {},
+                 _as_list(meta.get("ablation")), payload.get("interval") or {},
                  payload.get("std") or {})]
     counts = payload.get("counts") or {}
     out = []
     for method, accuracy, ablations, interval, std in rows:
         label = method
-        if ablations and ablations != ["full"] and not payload.get("rows"):
-            label += f" [{', '.join(ablations)}]"
         if setting:
             label += f" ({setting})"
         out.append({"source": str(path.relative_to(folder)), "dataset": dataset, "data": data,
                     "table": table, "method": method, "setting": setting,
                     "ablation": ",".join(ablations), "label": label,
                     "seeds": len(payload.get("seeds") or {}) or 1,
+                    "paper": paper_rows_of(meta, ablations, table_rows),
                     **{k: float(v) if v is not None else float("nan")
                        for k, v in accuracy.items()},
                     **{f"{N_PREFIX}{k}": float(v) for k, v in counts.items()},
@@ -290,8 +241,9 @@ def load_measured(folder: Path | str | None = None) -> pd.DataFrame:
             payloads[path] = payload
     gathered = {(p.parent / s).resolve() for p, pl in payloads.items()
                 for s in _as_list((pl.get("meta") or {}).get("sources"))}
+    table_rows = preset_paper_rows()
     rows = [r for p, pl in payloads.items() if p.resolve() not in gathered
-            for r in _rows_of(p, pl, folder)]
+            for r in _rows_of(p, pl, folder, table_rows)]
     frame = pd.DataFrame(rows)
     frame = frame.reindex(columns=[*KEY_COLUMNS,
                                    *(c for c in frame.columns if c not in KEY_COLUMNS)])
@@ -334,21 +286,20 @@ def compare(reported: pd.DataFrame, measured: pd.DataFrame,
 
 
 def compare_ablations(reported: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
-    """Rows (paper table, setting) of Tables VII-XII; columns ``reported`` and one
-    ``measured (<data>)`` per dataset with ablation results (a run counts for every row its
-    preset stands for; presets outside the paper's tables come last)."""
+    """Rows (paper table, setting) of Tables VII-XIII and Fig. 4-6; columns ``reported`` and
+    one ``measured (<data>)`` per dataset with ablation results (a result counts for every row
+    it records; the rest, labelled, come last under "not in the paper's tables")."""
     rep = reported.set_index(list(ABLATION_INDEX))["avg"].astype(float)
     out = pd.DataFrame({REPORTED_PREFIX: rep})
-    runs = measured[measured["ablation"].astype(bool)] if len(measured) else measured
+    runs = measured[measured["ablation"].astype(bool) | measured["paper"].astype(bool)
+                    ] if len(measured) else measured
     for data, group in (runs.groupby("data", sort=True) if len(runs) else []):
         col = f"{MEASURED_PREFIX} ({data})"
         for _, row in group.iterrows():
-            for preset in row["ablation"].split(","):
-                keys = ABLATION_ROWS.get(preset, ((NOT_IN_PAPER, f"{preset}: {row['label']}"),))
-                for key in keys:
-                    if key not in out.index:
-                        out.loc[key, REPORTED_PREFIX] = float("nan")
-                    out.loc[key, col] = row.get("avg", float("nan"))
+            for key in row["paper"] or [(NOT_IN_PAPER, row["label"])]:
+                if key not in out.index:
+                    out.loc[key, REPORTED_PREFIX] = float("nan")
+                out.loc[key, col] = row.get("avg", float("nan"))
     out.index = out.index.set_names(list(ABLATION_INDEX))
     out = out.astype(float)
     out.attrs["table"] = ABLATIONS
@@ -425,7 +376,7 @@ def section(table: str, measured: pd.DataFrame, chart: bool = True) -> Section:
 
 
 def ablation_section(measured: pd.DataFrame, chart: bool = True) -> Section:
-    """Paper Tables VII-XII (overall accuracy) next to every measured ablation run."""
+    """Paper Tables VII-XIII and Fig. 4-6 (overall accuracy) next to every measured result."""
     frame = compare_ablations(load_reported(ABLATIONS), measured)
     cols = [c for c in frame.columns if c.startswith(MEASURED_PREFIX)]
     where = measured.attrs.get("folder", "the results folder")
@@ -436,8 +387,114 @@ def ablation_section(measured: pd.DataFrame, chart: bool = True) -> Section:
     else:
         note = (f"None measured: no ablation results under {where}; the reported numbers are "
                 "shown alone.")
-    figure = plot(frame, "Ablations (paper Tables VII-XII): avg accuracy") if chart else None
-    return Section("Ablations (paper Tables VII-XII)", note, frame, figure)
+    figure = plot(frame, "Ablations (paper Tables VII-XIII, Fig. 4-6): avg accuracy"
+                  ) if chart else None
+    return Section("Ablations (paper Tables VII-XIII, Fig. 4-6)", note, frame, figure)
+
+
+EXPERIMENTS: tuple[tuple[str, str], ...] = (
+    ("VII ablation", "Table VII: components removed (training-time)"),
+    ("VIII loss ablation", "Table VIII: loss subsets (loss weights only; every decoder votes)"),
+    ("IX template length", "Table IX: template length"),
+    ("X weight sharing", "Table X: weight sharing"),
+    ("XI encoders", "Table XI: encoders"),
+    ("XII preference enhancement", "Table XII: preference enhancement disabled at inference"),
+    ("XIII prediction combination", "Table XIII: combining the paths' distributions"),
+    ("Fig. 4 segment length", "Fig. 4: number of one-second segments"),
+    ("Fig. 5 input modalities", "Fig. 5: input modalities"),
+    ("Fig. 6 focus readout", "Fig. 6: focus templates read out after step k"),
+)
+EXAMPLE_DATA = "music_avqa"
+EXAMPLE_CKPT = "runs/avmaster/checkpoints/last.ckpt"
+COMMAND = "command"
+UNAVAILABLE = {("XI encoders", "InternVideo2 + InternVideo2"):
+               "not available: InternVideo2 has no maintained package to extract features with"}
+READOUT = "Fig. 6 focus readout"
+
+
+def row_commands(data: str = EXAMPLE_DATA) -> dict[tuple[str, str], str]:
+    """The command that produces each paper row: ``avmaster train ... ablation=NAME`` for a
+    preset's row, ``avmaster eval ... variants=NAME`` for an inference-time row (from the YAML
+    registries), and why a row cannot be produced where it cannot."""
+    out: dict[tuple[str, str], str] = {}
+    for name, keys in preset_paper_rows().items():
+        command = (f"avmaster train data={data}" if name == "full"
+                   else f"avmaster train data={data} ablation={name} name={name}")
+        out.update({key: command for key in keys})
+    for name in preset_names(VARIANTS_KIND):
+        v = load_variant(name)
+        command = f"avmaster eval data={data} ckpt={EXAMPLE_CKPT} variants={name}"
+        keys = [(v.paper, r.setting) for r in v.rows] or [(v.paper, "k=0..T-1")]
+        out.update({key: command for key in keys})
+    out.update(UNAVAILABLE)
+    return out
+
+
+def _readout_step(setting: str) -> int:
+    return int(setting.split("=", 1)[1])
+
+
+def experiment_sections(measured: pd.DataFrame, chart: bool = True) -> list[Section]:
+    """One section per paper table and figure (VII-XIII, Fig. 4-6): every row the paper reports
+    or a preset / variant produces, the reported value, the measured ones, and for rows with
+    no measurement the command that produces it. Fig. 6 is drawn as a curve over k."""
+    frame = compare_ablations(load_reported(ABLATIONS), measured)
+    commands = row_commands()
+    missing = [k for k in commands if k not in frame.index]
+    if missing:
+        frame = pd.concat([frame, pd.DataFrame(index=pd.MultiIndex.from_tuples(
+            missing, names=list(ABLATION_INDEX)), columns=frame.columns, dtype=float)])
+    measured_cols = [c for c in frame.columns if c.startswith(MEASURED_PREFIX)]
+    sections = []
+    for table, title in EXPERIMENTS:
+        part = frame.xs(table, level=0, drop_level=False)
+        figure = None
+        if table == READOUT:
+            measured_rows = [k for k in part.index if k[1] != "k=0..T-1"]
+            if measured_rows:
+                part = part.loc[sorted(measured_rows, key=lambda k: _readout_step(k[1]))]
+            if chart and measured_rows:
+                figure = _readout_plot(part, measured_cols, title)
+        elif chart and not part.dropna(how="all").empty:
+            figure = plot(part.droplevel(0), title)
+        shown = part.droplevel(0).copy()
+        has_value = shown[measured_cols].notna().any(axis=1) if measured_cols else (
+            pd.Series(False, index=shown.index))
+        shown[COMMAND] = [("" if done else commands.get((table, s), ""))
+                          for s, done in zip(shown.index, has_value, strict=True)]
+        n = int(has_value.sum())
+        if n == len(shown):
+            note = f"All {n} row(s) measured."
+        elif n:
+            note = (f"{n} of {len(shown)} row(s) measured; the command column says how to "
+                    "produce the others.")
+        else:
+            note = "None measured yet: each row's command produces it."
+        if table.startswith("Fig."):
+            note += " The paper gives this figure as a plot only (no numbers to compare with)."
+        sections.append(Section(title, note, shown, figure))
+    if NOT_IN_PAPER in frame.index.get_level_values(0):
+        other = frame.xs(NOT_IN_PAPER, level=0)[[REPORTED_PREFIX, *measured_cols]]
+        sections.append(Section("Other measured results (not in the paper's tables)",
+                                "Runs whose presets or overrides match no paper row, by label.",
+                                other.drop(columns=[REPORTED_PREFIX])))
+    return sections
+
+
+def _readout_plot(part: pd.DataFrame, columns: Sequence[str], title: str) -> Any:
+    """Accuracy against the readout step k, one line per measured column."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(CHART_MIN_WIDTH, CHART_HEIGHT))
+    ks = [_readout_step(s) for s in part.index.get_level_values(1)]
+    for col in [c for c in columns if part[c].notna().any()]:
+        ax.plot(ks, part[col].to_numpy(dtype=float), marker="o", label=str(col))
+    ax.set_xlabel("readout step k")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
 
 
 def show(sec: Section) -> None:
@@ -445,7 +502,8 @@ def show(sec: Section) -> None:
     from IPython.display import Markdown, display
 
     display(Markdown(f"## {sec.title}\n\n{sec.note}"))
-    display(sec.frame.round(2))
+    display(sec.frame.round(2) if COMMAND not in sec.frame else sec.frame.style.format(
+        precision=2, na_rep="–"))
     if sec.figure is not None:
         display(sec.figure)
         import matplotlib.pyplot as plt

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -20,14 +21,16 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import OmegaConf
 
 from avmaster.atomic import atomic_path, atomic_write_text
 from avmaster.checkpoints import LAST, newest_readable, read_checkpoint
-from avmaster.config import Config, to_dict
+from avmaster.config import FULL, Config, load_config, switch_keys, to_dict
 from avmaster.data.datamodule import AVQADataModule
 from avmaster.data.store import read_settings
 from avmaster.lightning_module import TOP_KEY, AVMasterModule
 from avmaster.metrics import write_results
+from avmaster.models.config import InferenceConfig
 
 log = logging.getLogger(__name__)
 CKPT_KEY = "avmaster_features"  # checkpoint entry: the extraction settings of its features
@@ -110,6 +113,85 @@ def build_trainer(cfg: Config, *, logs: bool = True, callbacks: list | None = No
                      callbacks=callbacks or [], plugins=[AtomicCheckpointIO()])
 
 
+RUN_KEY = "avmaster_run"  # checkpoint entry: the presets and overrides a model was trained with
+METHOD = "AV-Master"
+
+
+def run_record(cfg: Config) -> dict[str, list[str]]:
+    """What a training run applied: its ``presets`` and dotted ``overrides``."""
+    return {"presets": list(cfg.presets), "overrides": list(cfg.overrides)}
+
+
+class RunRecordCallback(L.Callback):
+    """Stores :func:`run_record` in every checkpoint, so an evaluation labels its results by
+    the presets the model was trained with."""
+
+    def __init__(self, record: dict[str, list[str]]):
+        self.record = record
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint[RUN_KEY] = self.record
+
+
+def ablations_of(record: dict[str, list[str]]) -> list[str]:
+    """The paper experiments a record stands for: its ablation presets (``["full"]`` for none),
+    or ``[]`` when it also overrides a key that a preset sets (an unnamed variant, labelled by
+    its overrides and counted in no paper row)."""
+    if switch_overrides(record):
+        return []
+    named = [p.split("=", 1)[1] for p in record.get("presets", []) if p.startswith("ablation=")]
+    return named or [FULL]
+
+
+def switch_overrides(record: dict[str, list[str]]) -> list[str]:
+    """The record's overrides that set a key an ablation preset sets to another value than
+    the default (sizes, paths and the optimiser are not ablations)."""
+    keys, default = switch_keys(), OmegaConf.structured(load_config())
+    out = []
+    for item in record.get("overrides", []):
+        key = item.split("=", 1)[0]
+        if key in keys and (OmegaConf.select(OmegaConf.from_dotlist([item]), key)
+                            != OmegaConf.select(default, key)):
+            out.append(item)
+    return out
+
+
+def result_label(record: dict[str, list[str]], variant: str = "") -> str:
+    """A results row's name: the method, its ablation presets, its switch overrides and the
+    inference-time variant, e.g. ``AV-Master [wo_avfc] {table12: wo_ape}``."""
+    label = METHOD
+    named = [p.split("=", 1)[1] for p in record.get("presets", []) if p.startswith("ablation=")]
+    tags = named + switch_overrides(record)
+    if tags:
+        label += f" [{', '.join(tags)}]"
+    if variant:
+        label += f" {{{variant}}}"
+    return label
+
+
+def checkpoint_record(ckpt: str | Path, cfg: Config) -> dict[str, list[str]]:
+    """The training record stored in ``ckpt`` (older checkpoints: the eval run's own)."""
+    raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return raw.get(RUN_KEY) or run_record(cfg)
+
+
+def results_meta(cfg: Config, ckpt: str | Path, record: dict[str, list[str]],
+                 inference: InferenceConfig) -> dict[str, Any]:
+    """The ``meta`` of a results file: checkpoint, data, the training presets and overrides,
+    the ablation names they amount to and the inference settings."""
+    return {"checkpoint": str(ckpt), "data": cfg.data.name, "test": list(cfg.data.test),
+            "presets": record["presets"], "overrides": record["overrides"],
+            "ablation": ablations_of(record), "inference": to_dict(inference)}
+
+
+def results_name(data: str, row: str = "") -> str:
+    """``results_<data>`` or, for an inference-time row, ``results_<data>__<row>`` (characters
+    other than letters, digits, ``-`` and ``_`` become ``-``)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", row).strip("-")
+    return f"results_{data}__{safe}" if safe else f"results_{data}"
+
+
 @dataclass
 class TrainResult:
     best_ckpt: str
@@ -137,9 +219,12 @@ def train(cfg: Config) -> TrainResult:
         "audio": read_settings(dm.feature_path(cfg.data.audio_features)),
         "text": read_settings(dm.feature_path(cfg.data.text_features)),
         "seconds": cfg.data.seconds,
+        "segments": cfg.data.segments,
     })
     callbacks = [c for c in (best, last) if c is not None]
-    trainer = build_trainer(cfg, callbacks=[*callbacks, LearningRateMonitor("epoch"), features])
+    record = RunRecordCallback(run_record(cfg))
+    trainer = build_trainer(cfg, callbacks=[*callbacks, LearningRateMonitor("epoch"), features,
+                                            record])
     resume, step = _resume_point(cfg, ckpt_dir)
     (cfg.run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg.run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
@@ -204,7 +289,13 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True,
     if not ckpt:
         raise ValueError("evaluation needs a checkpoint: pass ckpt=path/to/file.ckpt")
     read_checkpoint(ckpt)  # one clear error for a missing or truncated file
+    if cfg.variants:
+        from avmaster.variants import evaluate_variants
+
+        return evaluate_variants(cfg, ckpt)
     module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
+    module.inference = cfg.inference
+    record = checkpoint_record(ckpt, cfg)
     # after training, its datamodule (files loaded once, warnings given once) is reused
     dm = dm or build_datamodule(cfg, answers=module.hparams.get("answers"))
     trainer = build_trainer(cfg, logs=trainer_logs)
@@ -213,14 +304,15 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True,
     accuracy = {c: float(logged[f"test/{c}"]) for c in columns}
     groups = torch.from_numpy(dm.dataset("test").groups)
     counts = dm.spec.counts(torch.bincount(groups, minlength=len(dm.spec.groups)).tolist())
-    out = cfg.run_dir / f"results_{cfg.data.name}"
-    meta: dict[str, Any] = {"checkpoint": str(ckpt), "data": cfg.data.name,
-                            "test": list(cfg.data.test)}
+    chosen = [o for o in cfg.overrides if o.startswith("inference.")]
+    out = cfg.run_dir / results_name(cfg.data.name, "_".join(chosen))
+    meta = results_meta(cfg, ckpt, record, cfg.inference)
     if "test" in dm.left_out:
         meta["questions"] = dm.left_out["test"].as_dict()
     if trainer.is_global_zero:
         meta["data_config"] = data_config(cfg)
-        js, md = write_results(out, dm.spec, accuracy, counts, meta=meta)
+        js, md = write_results(out, dm.spec, accuracy, counts,
+                               result_label(record, ", ".join(chosen)), meta=meta)
         print(md.read_text())
         if "questions" in meta:
             q = meta["questions"]

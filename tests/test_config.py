@@ -4,7 +4,7 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from avmaster.config import Config, ConfigError, load_config, to_dict
+from avmaster.config import Config, ConfigError, load_config, read_preset, to_dict
 from avmaster.paths import PROJECT_CONFIGS
 
 DATA_PRESETS = sorted(p.stem for p in (PROJECT_CONFIGS / "data").glob("*.yaml"))
@@ -52,7 +52,7 @@ def test_every_data_preset_loads(name):
 
 @pytest.mark.parametrize("name", ABLATIONS)
 def test_every_ablation_preset_loads(name):
-    wanted = leaves(preset("ablations", name))
+    wanted = leaves(read_preset("ablations", name)[0])
     assert wanted, f"{name}.yaml sets nothing"
     loaded = leaves(to_dict(load_config(overrides=["data=music_avqa", f"ablation={name}"])))
     assert {k: loaded[k] for k in wanted} == wanted

@@ -30,6 +30,8 @@ from avmaster.extract.config import clip_slug
 from avmaster.extract.decode import decode_video
 from avmaster.extract.decoded import DecodeSpec
 from avmaster.extract.encoders import (
+    ClapEncoder,
+    ResNetEncoder,
     VGGishEncoder,
     VGGishPCA,
     WeightsUnavailableError,
@@ -211,6 +213,105 @@ def test_patch_token_file(media: dict[str, Path], tmp_path: Path) -> None:
     assert (dim, per_frame) == (64, 16)
     tokens = patch["short"].reshape(SECONDS, per_frame, dim)
     np.testing.assert_array_equal(tokens[2], tokens[4])  # padded like the other files
+
+
+def test_resnet18_visual_file(media: dict[str, Path], tmp_path: Path) -> None:
+    """Table XI's ResNet-18: 512-d avgpool features of 224 px frames, one per second, in
+    visual_resnet18_<tag>.h5 with the encoder and weights recorded; the text stays CLIP's."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / media["short"].name).symlink_to(media["short"])
+    out = tmp_path / "out"
+    assert main(["--videos", str(videos), "--out", str(out), "--workers", "0",
+                 "--visual-encoder", "resnet18", *TINY]) == 0
+    paths = feature_paths(tiny_config(out, visual_encoder="resnet18"))
+    assert paths.visual.name == "visual_resnet18_random.h5"
+    visual = VideoFeatures(paths.visual, seconds=SECONDS)
+    assert visual.attrs["encoder"] == "resnet18" and visual.attrs["pretrained"] == "random"
+    assert visual.dim == 512 and visual["short"].shape == (SECONDS, 512)
+    settings = json.loads(visual.attrs["settings"])
+    assert settings["image_size"] == 224 and settings["output"] == "avgpool"
+    np.testing.assert_array_equal(visual["short"][2], visual["short"][4])  # padded
+    ex = FeatureExtractor(tiny_config(tmp_path, visual_encoder="resnet18"))
+    assert ex.decode_spec.image_size == (224, 224)
+    frames = decode_video(media["short"], ex.decode_spec, "short").frames
+    with torch.inference_mode():  # torchvision's network up to the average pool
+        net = ex.visual.model
+        x = (frames.permute(0, 3, 1, 2).float() - ex.visual._mean) / ex.visual._std
+        ref = torch.flatten(net.avgpool(net.layer4(net.layer3(net.layer2(net.layer1(
+            net.maxpool(net.relu(net.bn1(net.conv1(x))))))))), 1)
+    np.testing.assert_allclose(visual["short"].astype(np.float32)[:3], ref.numpy(),
+                               atol=2e-2, rtol=1e-2)  # stored as float16
+    with pytest.raises(ValueError, match="patch_tokens needs visual_encoder clip"):
+        tiny_config(tmp_path, visual_encoder="resnet18", patch_tokens=True)
+
+
+def test_a_resnet18_clap_checkpoint_extracts_new_videos_the_same_way() -> None:
+    from avmaster.extract.config import audio_settings, text_settings, visual_settings
+    from avmaster.inference import extract_config_for
+
+    cfg = ExtractConfig(model="ViT-L-14", visual_encoder="resnet18", audio_encoder="clap",
+                        frame_position=0.5)
+    settings = {"visual": visual_settings(cfg), "audio": audio_settings(cfg),
+                "text": text_settings(cfg), "seconds": 60}
+    again = extract_config_for(settings)
+    assert (again.visual_encoder, again.model, again.pretrained) == ("resnet18", "ViT-L-14",
+                                                                     "openai")
+    assert visual_settings(again) == settings["visual"]
+    assert (again.audio_encoder, again.clap_model) == ("clap", "laion/clap-htsat-unfused")
+    assert audio_settings(again) == settings["audio"]
+
+
+def test_clap_audio_file(media: dict[str, Path], tmp_path: Path) -> None:
+    """Table XI's CLAP: one embedding per second of 48 kHz audio in audio_clap_<model>.h5, the
+    encoder recorded; the same weights load from a local folder (offline)."""
+    pytest.importorskip("transformers")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / media["short"].name).symlink_to(media["short"])
+    out = tmp_path / "out"
+    assert main(["--videos", str(videos), "--out", str(out), "--workers", "0",
+                 "--audio-encoder", "clap", "--clap-model", "avmaster-tiny", *TINY]) == 0
+    paths = feature_paths(tiny_config(out, audio_encoder="clap", clap_model="avmaster-tiny"))
+    assert paths.audio.name == "audio_clap_random.h5" and paths.visual.exists()
+    audio = VideoFeatures(paths.audio, seconds=SECONDS)
+    assert audio.attrs["encoder"] == "clap" and audio.attrs["pretrained"] == "random"
+    assert json.loads(audio.attrs["settings"])["sample_rate"] == 48_000
+    short = audio["short"].astype(np.float32)
+    assert short.shape == (SECONDS, 32) and not np.allclose(short[0], short[1])
+    np.testing.assert_array_equal(short[2], short[4])  # 3 real seconds, the last repeated
+
+    ex = FeatureExtractor(tiny_config(tmp_path, audio_encoder="clap", clap_model="avmaster-tiny"))
+    decoded = decode_video(media["short"], ex.decode_spec, "short")
+    assert decoded.wave.shape == (3, 48_000) and decoded.log_mel is None
+    folder = tmp_path / "clap-local"
+    ex.audio.model.save_pretrained(folder)
+    ex.audio.features.save_pretrained(folder)
+    local = ClapEncoder(str(folder))
+    assert local.pretrained == "clap-local"
+    torch.testing.assert_close(local.encode(decoded.wave), ex.audio.encode(decoded.wave))
+    np.testing.assert_allclose(short[:3], local.encode(decoded.wave).numpy(), atol=2e-3,
+                               rtol=1e-2)  # stored as float16
+    with pytest.raises(WeightsUnavailableError, match="--clap-model DIR"):
+        ClapEncoder(str(tmp_path / "no-such-folder"))
+
+
+def test_resnet18_weights_from_a_local_file(tmp_path: Path, monkeypatch) -> None:
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1)
+    net = resnet18(weights=None).eval()
+    torch.save(net.state_dict(), tmp_path / "resnet18.pth")
+    enc = ResNetEncoder(weights_file=str(tmp_path / "resnet18.pth"))
+    assert enc.pretrained == "imagenet1k-v1"
+    torch.testing.assert_close(enc.model.layer4[1].conv2.weight, net.layer4[1].conv2.weight)
+
+    def offline(*_: object, **__: object) -> None:
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr("torch.hub.load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailableError, match="--resnet-weights FILE"):
+        ResNetEncoder()
 
 
 def test_gpu_decoding_falls_back_to_software(media: dict[str, Path]) -> None:

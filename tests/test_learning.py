@@ -21,9 +21,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from avmaster.config import preset_configs
 from avmaster.lightning_module import build_optimizer
 from avmaster.losses import AVMasterLoss
-from avmaster.models import AVMaster, FeatureDims, ModelConfig, OptimConfig, ablation
+from avmaster.models import AVMaster, FeatureDims, ModelConfig, OptimConfig
 
 T = 6
 DIMS = FeatureDims(visual=16, audio=12, text=16)
@@ -116,7 +117,7 @@ def train(name: str, data, seed: int = 0) -> AVMaster:
     """Train the preset ``name`` with Adam on the training split."""
     train, _ = data
     base = ModelConfig(dim=32, heads=4, template_len=4, decoder_depth=1, dropout=0.0)
-    cfg, loss_cfg = ablation(name, base)
+    cfg, loss_cfg = preset_configs(name, base)
     torch.manual_seed(seed)
     model = AVMaster(cfg, DIMS, N_ANSWERS)
     criterion = AVMasterLoss(loss_cfg)

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from avmaster.config import preset_configs
 from avmaster.lightning_module import AnswerAccuracy, AVMasterModule
 from avmaster.losses import AVMasterLoss
 from avmaster.models import (
-    ABLATIONS,
     CAB,
     FFN,
     MLP,
@@ -33,7 +33,6 @@ from avmaster.models import (
     OptionHead,
     PreferenceActivation,
     SingleKeyCAB,
-    ablation,
 )
 
 B, T, L_MAX, C, K = 3, 5, 6, 7, 4
@@ -73,7 +72,7 @@ def make_batch(
 def build(
     name: str = "full", multiple_choice: bool = False, **changes
 ) -> tuple[AVMaster, LossConfig]:
-    cfg, loss = ablation(name, dataclasses.replace(SMALL, **changes))
+    cfg, loss = preset_configs(name, dataclasses.replace(SMALL, **changes))
     torch.manual_seed(0)
     return AVMaster(cfg, DIMS, C, multiple_choice=multiple_choice, loss_cfg=loss), loss
 
@@ -183,52 +182,6 @@ def test_fusion_preference_decoder_shapes() -> None:
 
 # -- the full model -----------------------------------------------------------------------------
 
-EXPECTED_PATHS = {
-    # name: (multimodal logits, audio logits, visual logits, focus)
-    "full": (True, True, True, True),
-    "wo_avfc": (True, True, True, False),
-    "wo_dpcl": (True, True, True, True),
-    "wo_gpap": (True, False, False, True),
-    "wo_tdpp": (False, True, True, False),
-    "wo_all": (True, False, False, False),
-    "wo_ape": (True, False, True, True),
-    "wo_vpe": (True, True, False, True),
-    "wo_avpe": (True, False, False, True),
-    "question_only": (True, False, False, False),
-    "loss_qa": (True, False, False, True),
-    "loss_qa_c": (True, False, False, True),
-    "loss_qa_c_a": (True, True, False, True),
-    "loss_qa_c_v": (True, False, True, True),
-    "loss_qa_a_v": (True, True, True, True),
-}
-
-
-def test_every_preset_is_covered() -> None:
-    assert set(EXPECTED_PATHS) == set(ABLATIONS)
-
-
-@pytest.mark.parametrize("name", sorted(ABLATIONS))
-def test_full_model_shapes(name: str) -> None:
-    model, _ = build(name)
-    out = model(make_batch())
-    has_mm, _, _, has_focus = EXPECTED_PATHS[name]
-    assert (out.logits is not None, out.audio_logits is not None,
-            out.visual_logits is not None, bool(out.focus_maps)) == EXPECTED_PATHS[name]
-    for logits in out.path_logits:
-        assert logits.shape == (B, C)
-    if has_mm and name != "question_only":
-        assert out.fused.shape == (B, SMALL.dim)
-    for pref in out.preferences:
-        assert pref.shape == (B, T, SMALL.dim)
-    if has_focus:
-        assert out.audio_focus.shape == (B, SMALL.template_len, SMALL.dim)
-        assert out.focus_maps["visual"].shape == (B, SMALL.template_len, T)
-    probs = out.probs()
-    assert probs.shape == (B, C)
-    assert torch.allclose(probs.sum(-1), torch.ones(B))
-    assert out.pred().shape == (B,)
-
-
 @pytest.mark.parametrize("n", [2, 4, 8, 12, 16])
 def test_template_lengths(n: int) -> None:
     model, _ = build(template_len=n)
@@ -264,20 +217,21 @@ def test_padded_question_tokens_do_not_leak(name: str) -> None:
             assert torch.allclose(x[1:2], y, atol=1e-5)
 
 
-def assert_every_parameter_learns(model: AVMaster, loss_cfg: LossConfig, batch) -> None:
+def assert_every_parameter_learns(model: AVMaster, loss_cfg: LossConfig, batch,
+                                  frozen: frozenset[str] = frozenset()) -> None:
+    """Every trainable parameter gets a non-zero gradient; the top modules in ``frozen`` (and
+    only they) are built yet frozen, so they get none."""
     model.train()
+    assert {n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad
+            } == set(frozen)
     losses = AVMasterLoss(loss_cfg)(model(batch), batch["label"])
     losses["loss"].backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    zero = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.any()]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trainable if p.grad is None]
+    zero = [n for n, p in trainable if p.grad is not None and not p.grad.any()]
     assert not missing, f"no gradient: {missing}"
     assert not zero, f"zero gradient: {zero}"
-
-
-@pytest.mark.parametrize("name", sorted(ABLATIONS))
-def test_every_parameter_gets_a_gradient(name: str) -> None:
-    model, loss = build(name, dropout=0.1)
-    assert_every_parameter_learns(model, loss, make_batch())
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
 
 
 @pytest.mark.parametrize("share", ["none", "bias", "both"])
@@ -286,12 +240,15 @@ def test_every_parameter_gets_a_gradient_for_each_sharing(share: str) -> None:
     assert_every_parameter_learns(model, loss, make_batch())
 
 
-def test_every_parameter_gets_a_gradient_when_fusion_learns_only_from_contrast() -> None:
+def test_fusion_learning_only_from_contrast_keeps_its_frozen_decoder() -> None:
     loss = LossConfig(qa=0.0, visual=0.0)
     torch.manual_seed(0)
     model = AVMaster(SMALL, DIMS, C, loss_cfg=loss)
-    assert model.decoder is None and model.fusion is not None
-    assert_every_parameter_learns(model, loss, make_batch())
+    assert model.decoder is not None and model.fusion is not None
+    assert_every_parameter_learns(model, loss, make_batch(),
+                                  frozenset({"decoder", "visual_decoder"}))
+    with pytest.raises(ValueError, match="no answer decoder"):
+        AVMaster(SMALL, DIMS, C, loss_cfg=LossConfig(qa=0.0, audio=0.0, visual=0.0))
 
 
 def test_every_parameter_gets_a_gradient_multiple_choice() -> None:
@@ -303,36 +260,8 @@ def _top_modules(model: AVMaster) -> set[str]:
     return {name.split(".")[0] for name, _ in model.named_parameters()}
 
 
-def test_ablations_change_the_parameter_set() -> None:
-    full = _top_modules(build()[0])
-    assert full == {
-        "proj_question", "proj_words", "proj_audio", "proj_visual", "focus", "fusion",
-        "decoder", "audio_pref", "audio_decoder", "visual_pref", "visual_decoder",
-    }
-    assert _top_modules(build("wo_avfc")[0]) == full - {"focus"}
-    assert _top_modules(build("wo_dpcl")[0]) == full
-    assert _top_modules(build("wo_tdpp")[0]) == full - {"focus", "fusion", "decoder"}
-    no_pref = {"audio_pref", "audio_decoder", "visual_pref", "visual_decoder"}
-    assert _top_modules(build("wo_gpap")[0]) == full - no_pref
-    assert _top_modules(build("wo_avpe")[0]) == full - no_pref
-    assert _top_modules(build("wo_all")[0]) == full - no_pref - {"focus"}
-    assert _top_modules(build("wo_ape")[0]) == full - {"audio_pref", "audio_decoder"}
-    assert _top_modules(build("wo_vpe")[0]) == full - {"visual_pref", "visual_decoder"}
-    assert _top_modules(build("question_only")[0]) == {"proj_question", "proj_words", "decoder"}
-    # loss ablations: a decoder without its answer loss is not built; a preference branch
-    # stays while L_c trains it
-    decoders = {"audio_decoder", "visual_decoder"}
-    assert _top_modules(build("loss_qa")[0]) == full - no_pref
-    assert _top_modules(build("loss_qa_c")[0]) == full - decoders
-    assert _top_modules(build("loss_qa_c_a")[0]) == full - {"visual_decoder"}
-    assert _top_modules(build("loss_qa_c_v")[0]) == full - {"audio_decoder"}
-    assert _top_modules(build("loss_qa_a_v")[0]) == full
-    only_c = LossConfig(qa=0.0, audio=1.0, visual=0.0)  # F_fu still trained through L_c
-    model = AVMaster(SMALL, DIMS, C, loss_cfg=only_c)
-    assert _top_modules(model) == full - {"decoder", "visual_decoder"}
-    with pytest.raises(ValueError, match="no answer decoder"):
-        AVMaster(SMALL, DIMS, C, loss_cfg=LossConfig(qa=0.0, audio=0.0, visual=0.0))
-    # w/o TDPP and w/o APE: the audio features are not read at all
+def test_unread_audio_is_not_projected() -> None:
+    """w/o TDPP and w/o APE: the audio features are not read at all."""
     model = AVMaster(dataclasses.replace(SMALL, use_tdpp=False, use_focus=False,
                                          audio_preference=False), DIMS, C)
     assert "proj_audio" not in _top_modules(model)
@@ -493,6 +422,7 @@ import dataclasses, sys, torch, lightning as L
 from torch.utils.data import DataLoader
 sys.path.insert(0, {tests!r})
 from test_model import ListData, make_batch, SMALL, DIMS, C
+from avmaster.config import preset_configs
 from avmaster.lightning_module import AVMasterModule
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def test_benchmark_notebook(tmp_path, monkeypatch):
     assert any("70.00 [34.75, 93.33] n=10" in h and "reported inside?" in h for h in html)
     assert any("≈ +0.89" in h and "QA-TIGER" in h for h in html)  # 78.51 - 77.62
     assert "reported gap(s) between AV-Master and another method" in markdown
-    assert any("measured AV-Master (ours) [wo_avfc]" in h and "Δ" in h for h in html)
+    assert any("measured AV-Master [wo_avfc]" in h and "Δ" in h for h in html)
     assert any("train balance, test bias" in h for h in html)  # v2.0: measured setting
     assert markdown.count("None measured") == 2  # MUSIC-AVQA-R and AVQA
     assert any("measured question only" in h for h in html)  # the demo's two rows
@@ -63,8 +63,13 @@ def test_ablations_notebook(tmp_path, monkeypatch):
     nb = run_notebook("ablations.ipynb", results, monkeypatch, tmp_path)
     assert_clean(nb)
     html = "\n".join(outputs(nb, "text/html"))
+    markdown = "\n".join(outputs(nb, "text/markdown"))
     assert "w/o AVFC" in html and "measured (music_avqa)" in html and "measured (demo)" in html
-    assert len(outputs(nb, "image/png")) == 1
+    for title in ("Table VII", "Table VIII", "Table IX", "Table X:", "Table XI", "Table XII",
+                  "Table XIII", "Fig. 4", "Fig. 5", "Fig. 6"):
+        assert f"## {title}" in markdown, title
+    assert "variants=table13" in html and "ablation=segments_24" in html  # missing rows
+    assert len(outputs(nb, "image/png")) == 10  # every table and figure with a value
 
 
 def test_notebooks_without_results(tmp_path, monkeypatch):

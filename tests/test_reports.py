@@ -11,9 +11,10 @@ import pytest
 matplotlib.use("Agg")
 
 from avmaster import reports
-from avmaster.config import load_config, to_dict
+from avmaster.config import load_config, load_variant, preset_names
 from avmaster.data.tables import get_table
 from avmaster.metrics import write_results
+from avmaster.training import result_label, results_meta, run_record
 
 
 def table_values(table: str, base: float) -> dict[str, float]:
@@ -21,23 +22,42 @@ def table_values(table: str, base: float) -> dict[str, float]:
 
 
 def write_run(folder: Path, data: str, table: str, base: float, *, meta: dict | None = None,
-              config: dict | None = None) -> Path:
-    """A results file as ``avmaster train``/``eval`` writes it (plus the run's config.json)."""
+              method: str = "AV-Master (ours)", name: str = "") -> Path:
+    """A results file as ``avmaster train``/``eval`` writes it."""
     spec = get_table(table)
-    js, _ = write_results(folder / f"results_{data}", spec, table_values(table, base),
-                          {c: 10 for c, _ in spec.columns},
+    js, _ = write_results(folder / f"results_{data}{name}", spec, table_values(table, base),
+                          {c: 10 for c, _ in spec.columns}, method,
                           meta={"data": data, "test": ["test.json"], **(meta or {})})
-    if config is not None:
-        (folder / "config.json").write_text(json.dumps(config))
     return js
 
 
+def write_eval(folder: Path, base: float, overrides: list[str], variant: tuple = ()) -> Path:
+    """What ``avmaster eval`` writes for a model trained with ``overrides`` (and, given
+    ``variant`` = (group, row), for one inference-time row of it)."""
+    cfg = load_config(overrides=["data=music_avqa", *overrides])
+    record = run_record(cfg)
+    inference, tag, extra = cfg.inference, "", {}
+    if variant:
+        group, row = variant
+        spec = next(r for r in load_variant(group).expand(4, cfg.inference) if r.name == row)
+        inference, tag = spec.inference, f"{group}: {row}"
+        extra = {"variant": group, "row": row, "setting": spec.setting,
+                 "paper": load_variant(group).paper}
+    meta = {**results_meta(cfg, "x.ckpt", record, inference), **extra}
+    return write_run(folder, "music_avqa", "music_avqa", base, meta=meta,
+                     method=result_label(record, tag),
+                     name=f"__{'-'.join(variant)}" if variant else "")
+
+
 def make_results(root: Path) -> Path:
-    """A results folder: MUSIC-AVQA runs (full, two ablations), a v2.0 run and a demo."""
-    write_run(root / "full", "music_avqa", "music_avqa", 70.0,
-              config=to_dict(load_config(overrides=["data=music_avqa"])))
-    write_run(root / "wo_avfc", "music_avqa", "music_avqa", 60.0,
-              config=to_dict(load_config(overrides=["data=music_avqa", "ablation=wo_avfc"])))
+    """A results folder: MUSIC-AVQA runs (full, two ablations, inference-time rows), a v2.0 run
+    and a demo."""
+    write_eval(root / "full", 70.0, [])
+    write_eval(root / "full", 65.0, [], ("table12", "wo_ape"))
+    for k, base in enumerate((50.0, 52.0, 51.0, 58.0)):  # a Fig. 6 curve over T = 4 steps
+        write_eval(root / "full", base, [], ("fig6", f"k{k:02d}"))
+    write_eval(root / "wo_avfc", 60.0, ["ablation=wo_avfc"])
+    write_eval(root / "wo_avfc", 55.0, ["ablation=wo_avfc"], ("table13", "mul"))
     write_run(root / "named", "music_avqa", "music_avqa", 50.0, meta={"ablation": "template_4"})
     write_run(root / "v2", "music_avqa_v2_balance", "music_avqa_v2", 40.0,
               meta={"test": ["bias_set/test_bias.json"]})
@@ -69,40 +89,30 @@ def test_reported_tables_hold_the_papers_numbers():
     r = reports.load_reported("music_avqa_r")
     assert r[r["method"] == "AV-Master"]["avg"].item() == 71.19
     abl = reports.load_reported("ablations")
-    assert len(abl) == 30 and set(abl["table"].str.split().str[0]) == {
-        "VII", "VIII", "IX", "X", "XI", "XII"}
+    assert len(abl) == 33 and set(abl["table"].str.split().str[0]) == {
+        "VII", "VIII", "IX", "X", "XI", "XII", "XIII"}
     assert reports.load_reported("demo").empty
     with pytest.raises(ValueError, match="unknown table"):
         reports.load_reported("nope")
 
 
-def test_every_ablation_preset_maps_to_a_paper_row():
+def test_every_preset_and_variant_names_a_paper_row():
     rows = set(map(tuple, reports.load_reported("ablations")[["table", "setting"]].to_numpy()))
-    for preset, keys in reports.ABLATION_ROWS.items():
-        assert set(keys) <= rows, preset
-    unmapped = rows - {k for keys in reports.ABLATION_ROWS.values() for k in keys}
-    assert unmapped == {("XI encoders", e) for e in ("ResNet-18 + VGGish", "CLIP-L + CLAP",
-                                                     "InternVideo2 + InternVideo2")}
-
-
-@pytest.mark.parametrize(("overrides", "expected"), [
-    ([], {"full"}),
-    (["ablation=wo_avfc"], {"wo_avfc"}),
-    (["ablation=wo_gpap"], {"wo_gpap", "wo_avpe"}),
-    (["ablation=loss_qa_a_v"], {"loss_qa_a_v", "wo_dpcl"}),
-    (["ablation=template_2"], {"template_2"}),
-    (["ablation=encoder_clip_b"], {"encoder_clip_b"}),
-    (["ablation=question_only"], {"question_only"}),
-    (["model.dim=64", "optim.lr=0.01"], {"full"}),  # size and optimiser are not ablations
-])
-def test_infer_ablations_from_a_run_config(overrides, expected):
-    assert set(reports.infer_ablations(to_dict(load_config(overrides=overrides)))) == expected
+    presets = reports.preset_paper_rows()
+    assert set(presets) == {"full", *preset_names("ablations")}
+    variants = {(v.paper, r.setting) for v in map(load_variant, ("table12", "table13"))
+                for r in v.rows}
+    figures = {k for keys in presets.values() for k in keys if k[0].startswith("Fig.")}
+    assert {k[1] for k in figures} == {"12", "24", "36", "48", "60", "A+Q", "A+V+Q", "V+Q"}
+    mapped = {k for keys in presets.values() for k in keys} | variants
+    assert mapped - figures <= rows  # every named row exists (figures have no numbers)
+    assert presets["question_only"] == ()  # a reference, in no paper table
+    assert rows - mapped == {("XI encoders", "InternVideo2 + InternVideo2")}
 
 
 def test_load_measured_finds_every_result_once(results):
     m = reports.load_measured(results)
-    assert sorted(m["dataset"]) == ["demo", "demo", "music_avqa", "music_avqa", "music_avqa",
-                                    "music_avqa_v2"]
+    assert sorted(m["dataset"]) == ["demo", "demo", *["music_avqa"] * 9, "music_avqa_v2"]
     demo = m[m["dataset"] == "demo"].set_index("method")
     assert demo.loc["AV-Master", "avg"] == pytest.approx(90.0 + 12)  # the demo's run is not
     assert set(demo["ablation"]) == {"full", "question_only"}      # counted twice
@@ -110,6 +120,9 @@ def test_load_measured_finds_every_result_once(results):
     assert by_source[str(Path("full/results_music_avqa.json"))] == "full"
     assert by_source[str(Path("wo_avfc/results_music_avqa.json"))] == "wo_avfc"
     assert by_source[str(Path("named/results_music_avqa.json"))] == "template_4"
+    labels = set(m["label"])  # rows are labelled by what the run recorded
+    assert {"AV-Master", "AV-Master [wo_avfc]", "AV-Master {table12: wo_ape}",
+            "AV-Master [wo_avfc] {table13: mul}"} <= labels
     v2 = m[m["dataset"] == "music_avqa_v2"].iloc[0]
     assert v2["setting"] == "train balance, test bias"
 
@@ -127,10 +140,10 @@ def test_compare_puts_measured_next_to_reported(results):
     assert frame.columns[0] == "reported AV-Master"
     measured = [c for c in frame.columns if c.startswith("measured")]
     deltas = [c for c in frame.columns if c.startswith("Δ")]
-    assert len(measured) == 3 and len(deltas) == 3
-    col = "measured AV-Master (ours) [wo_avfc]"
+    assert len(measured) == 9 and len(deltas) == 9
+    col = "measured AV-Master [wo_avfc]"
     assert frame.loc["avg", col] == pytest.approx(60.0 + 12)
-    assert frame.loc["avg", "Δ AV-Master (ours) [wo_avfc]"] == pytest.approx(72.0 - 78.51)
+    assert frame.loc["avg", "Δ AV-Master [wo_avfc]"] == pytest.approx(72.0 - 78.51)
     v2 = reports.compare(reports.load_reported("music_avqa_v2"), m)
     assert sum(c.startswith("reported") for c in v2.columns) == 4  # one per train/test setting
     assert list(v2.index) == reports.metric_columns("music_avqa_v2")
@@ -143,11 +156,14 @@ def test_compare_ablations(results):
     assert frame.loc[("VII ablation", "w/o AVFC"), "reported"] == 78.11
     assert frame.loc[("VII ablation", "w/o AVFC"), "measured (music_avqa)"] == 72.0
     assert frame.loc[("IX template length", "4"), "measured (music_avqa)"] == 62.0
-    for key in reports.ABLATION_ROWS["full"]:  # the full model fills every table's default
+    for key in reports.FULL_ROWS:  # the full model fills every table's default
         assert frame.loc[key, "measured (music_avqa)"] == 82.0
+    assert frame.loc[("XII preference enhancement", "w/o APE"), "measured (music_avqa)"] == 77.0
     assert frame.loc[("VII ablation", "full"), "measured (demo)"] == 102.0
+    # a variant of an ablated model stands for no paper row; it is listed by its label
     extra = frame.loc[reports.NOT_IN_PAPER]
-    assert len(extra) == 1 and extra["reported"].isna().all()
+    assert set(extra.index) == {"question only", "AV-Master [wo_avfc] {table13: mul}"}
+    assert extra["reported"].isna().all()
 
 
 def test_plot_draws_one_bar_per_cell(results):
@@ -166,7 +182,32 @@ def test_sections_say_when_nothing_was_measured(results, tmp_path):
     assert "AV-Master" in sec.frame.index.get_level_values("method")
     assert sec.figure is not None
     sec = reports.section("music_avqa", reports.load_measured(results))
-    assert "3 measured" in sec.note and sec.frame.shape[1] == 7
+    assert "9 measured" in sec.note and sec.frame.shape[1] == 19
     assert reports.section("demo", empty).figure is None
     abl = reports.ablation_section(empty, chart=False)
     assert abl.note.startswith("None measured") and list(abl.frame.columns) == ["reported"]
+
+
+def test_experiment_sections_cover_every_table_and_figure(results):
+    secs = reports.experiment_sections(reports.load_measured(results))
+    titles = [s.title for s in secs]
+    assert [t.split(":")[0] for t in titles[:10]] == [
+        "Table VII", "Table VIII", "Table IX", "Table X", "Table XI", "Table XII", "Table XIII",
+        "Fig. 4", "Fig. 5", "Fig. 6"]
+    by = dict(zip([t.split(":")[0] for t in titles], secs, strict=True))
+    t12 = by["Table XII"].frame
+    assert t12.loc["w/o APE", "measured (music_avqa)"] == 77.0
+    assert t12.loc["w/o APE", "command"] == ""  # measured: no command needed
+    assert t12.loc["w/o VPE", "command"] == (
+        "avmaster eval data=music_avqa ckpt=runs/avmaster/checkpoints/last.ckpt variants=table12")
+    assert by["Table VIII"].frame.loc["L_qa only", "command"] == (
+        "avmaster train data=music_avqa ablation=loss_qa name=loss_qa")
+    assert by["Fig. 4"].frame.loc["12", "command"].endswith("ablation=segments_12 name=segments_12")
+    assert by["Fig. 4"].frame.loc["60", "measured (music_avqa)"] == 82.0  # the full model
+    assert "not available" in by["Table XI"].frame.loc["InternVideo2 + InternVideo2", "command"]
+    fig6 = by["Fig. 6"]
+    assert list(fig6.frame.index) == ["k=0", "k=1", "k=2", "k=3"]
+    assert list(fig6.frame["measured (music_avqa)"]) == [62.0, 64.0, 63.0, 70.0]
+    assert fig6.figure is not None and len(fig6.figure.axes[0].lines) == 1
+    other = by["Other measured results (not in the paper's tables)"].frame
+    assert "AV-Master [wo_avfc] {table13: mul}" in other.index

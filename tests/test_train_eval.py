@@ -14,6 +14,7 @@ from conftest import make_features
 from avmaster.cli import main
 from avmaster.config import load_config
 from avmaster.data.annotations import load_annotations
+from avmaster.training import results_name
 
 TINY = ["model.dim=32", "model.heads=2", "model.template_len=2", "model.decoder_depth=1",
         "data.batch_size=16", "data.eval_batch_size=32", "data.num_workers=0",
@@ -102,10 +103,57 @@ def test_eval_needs_a_checkpoint(overrides, capsys):
 def test_ablation_presets_build_and_train_one_step(overrides):
     from avmaster.training import build_datamodule, build_module, build_trainer
 
-    for name in ("wo_tdpp", "wo_all", "question_only", "share_none", "wo_ape"):
-        cfg = load_config(overrides=[*overrides, f"ablation={name}", "trainer.max_epochs=1",
+    for preset in ("ablation=wo_tdpp", "ablation=wo_all", "ablation=question_only",
+                   "ablation=share_none", "ablation=loss_qa", "ablation=inputs_v_q",
+                   "data.segments=2"):
+        cfg = load_config(overrides=[*overrides, preset, "trainer.max_epochs=1",
                                      "trainer.limit_train_batches=1",
                                      "trainer.limit_val_batches=1"])
         dm = build_datamodule(cfg)
         module = build_module(cfg, dm)
         build_trainer(cfg, logs=False).fit(module, datamodule=dm)
+
+
+def test_inference_time_variants_of_one_checkpoint(tmp_path, overrides, capsys):
+    """Train once, then Tables XII and XIII and the Fig. 6 curve from that one checkpoint."""
+    assert main(["train", *overrides, "trainer.max_epochs=1", "ablation=wo_dpcl",
+                 "model.share=attention"]) == 0  # the default value: no ablation
+    run = tmp_path / "runs" / "tiny"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert main(["eval", *overrides, f"ckpt={ckpt}", "variants=table12,table13,fig6"]) == 0
+    rows = {p.name[len("results_music_avqa__"):-len(".json")]: json.loads(p.read_text())
+            for p in run.glob("results_music_avqa__*.json")}
+    steps = [f"fig6-k{k:02d}" for k in range(4)]  # data.seconds=4: k = 0..3
+    assert set(rows) == {"table12-full", "table12-wo_ape", "table12-wo_vpe", "table12-wo_avpe",
+                         "table13-add", "table13-mul", "table13-w_add", *steps}
+    avg = {k: r["accuracy"]["avg"] for k, r in rows.items()}
+    for r in rows.values():
+        assert r["counts"]["avg"] == 108 and r["meta"]["presets"][-1] == "ablation=wo_dpcl"
+        assert r["meta"]["ablation"] == []  # TINY's model.template_len=2: no paper row
+    # labelled by the record; sizes (model.dim=32, ...) are not ablations, template length is
+    assert rows["table12-wo_ape"]["method"] == (
+        "AV-Master [wo_dpcl, model.template_len=2] {table12: wo_ape}")
+    assert rows["table12-wo_avpe"]["meta"]["inference"]["drop"] == ["audio", "visual"]
+    w_add = rows["table13-w_add"]["meta"]
+    assert w_add["weights_from"] == "val" and set(w_add["inference"]["weights"]) == {
+        "tdpp", "audio", "visual"}
+    # the default row, ADD and the readout after the last second are the same model
+    assert avg["table12-full"] == avg["table13-add"] == avg["fig6-k03"]
+    summary = json.loads((run / "variants_music_avqa.json").read_text())
+    assert summary["avg"] == avg
+    # a single row through the ordinary test loop agrees with the variant pass
+    for row, setting in (("table12-wo_avpe", "inference.drop=[audio,visual]"),
+                         ("table13-mul", "inference.combine=mul"),
+                         ("fig6-k01", "inference.readout_step=1")):
+        assert main(["eval", *overrides, f"ckpt={ckpt}", setting]) == 0
+        name = results_name("music_avqa", setting)
+        assert name.startswith("results_music_avqa__inference")
+        single = json.loads((run / f"{name}.json").read_text())
+        assert single["accuracy"] == pytest.approx(rows[row]["accuracy"]), row
+    # a model without focus templates has no readout curve
+    capsys.readouterr()
+    assert main(["train", *overrides, "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                 "ablation=wo_avfc", "name=flat"]) == 0
+    flat = tmp_path / "runs" / "flat" / "checkpoints" / "last.ckpt"
+    assert main(["eval", *overrides, "name=flat", f"ckpt={flat}", "variants=fig6"]) == 2
+    assert "no focus templates" in capsys.readouterr().err

@@ -38,8 +38,14 @@ class DataConfig:
     # split in the log and in the results file; false: such videos stop the run
     skip_videos_without_features: bool = False
     seconds: int = 60  # T: every video is padded (last second repeated) or trimmed to this
+    segments: int | None = None  # S of the T seconds, evenly spaced (Fig. 4); null = all T
     preload: bool = True  # read every feature into RAM once (MUSIC-AVQA fits)
     batch_size: int = 32
     eval_batch_size: int = 128
     num_workers: int = 2
     pin_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if self.segments is not None and not 1 <= self.segments <= self.seconds:
+            raise ValueError(f"data.segments={self.segments} must be between 1 and "
+                             f"data.seconds={self.seconds} (or null for all of them)")

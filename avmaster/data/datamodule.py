@@ -139,7 +139,7 @@ class AVQADataModule(L.LightningDataModule):
             records = split.records
             if self.cfg.skip_videos_without_features:
                 records = self._leave_out_videos_without_features(stage, records)
-            ds = QADataset(records, vocab, *self.stores(), self.spec)
+            ds = QADataset(records, vocab, *self.stores(), self.spec, self.cfg.segments)
             if ds.num_unknown:
                 what = "left out of the losses" if stage == "train" else "scored as wrong"
                 log.warning("%s: %d of %d answers are outside the answer vocabulary; %s",

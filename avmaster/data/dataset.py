@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from avmaster.data.batch import Batch
 from avmaster.data.records import QARecord
+from avmaster.data.segments import segment_seconds
 from avmaster.data.store import MissingFeaturesError, TextFeatures, VideoFeatures
 from avmaster.data.tables import TableSpec
 from avmaster.data.vocab import NO_LABEL, AnswerVocab
@@ -34,7 +35,7 @@ class QADataset(Dataset):
 
     def __init__(self, records: Sequence[QARecord], vocab: AnswerVocab | None,
                  visual: VideoFeatures, audio: VideoFeatures, text: TextFeatures,
-                 spec: TableSpec):
+                 spec: TableSpec, segments: int | None = None):
         self.records = list(records)
         self.visual, self.audio, self.text = visual, audio, text
         videos = {r.video_id for r in self.records}
@@ -52,6 +53,7 @@ class QADataset(Dataset):
                 raise ValueError("open-ended questions need an answer vocabulary")
             self.labels = np.array([vocab.index(r.answer) for r in self.records], dtype=np.int64)
         self.groups = np.array([spec.group_of(r) for r in self.records], dtype=np.int64)
+        self._seconds = segment_seconds(visual.seconds or 0, segments)
         self._visual_rows = visual.rows([r.video_id for r in self.records])
         self._audio_rows = audio.rows([r.video_id for r in self.records])
         self._text_rows = text.rows([r.question for r in self.records])
@@ -79,9 +81,13 @@ class QADataset(Dataset):
         one batch); keys and shapes as in :class:`~avmaster.data.batch.Batch`."""
         idx = np.asarray(indices, dtype=np.int64)
         sentence, tokens, mask = self.text.take(self._text_rows[idx])
+        visual, audio = self.visual.take(self._visual_rows[idx]), self.audio.take(
+            self._audio_rows[idx])
+        if self._seconds is not None:
+            visual, audio = visual[:, self._seconds], audio[:, self._seconds]
         batch: Batch = {
-            "visual": torch.from_numpy(self.visual.take(self._visual_rows[idx])),
-            "audio": torch.from_numpy(self.audio.take(self._audio_rows[idx])),
+            "visual": torch.from_numpy(visual),
+            "audio": torch.from_numpy(audio),
             "question": torch.from_numpy(sentence),
             "question_tokens": torch.from_numpy(tokens),
             "question_mask": torch.from_numpy(mask),

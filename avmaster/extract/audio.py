@@ -52,10 +52,11 @@ def log_mel_examples(wave: np.ndarray, n_seconds: int) -> np.ndarray:
 
 
 class AudioCollector:
-    """Resamples decoded audio frames to 16 kHz, averages channels, and stops when enough."""
+    """Resamples decoded audio frames to ``rate`` (16 kHz), averages channels, and stops when
+    enough."""
 
-    def __init__(self, origin: float, max_samples: int | None):
-        self.origin, self.max_samples = origin, max_samples
+    def __init__(self, origin: float, max_samples: int | None, rate: int = SAMPLE_RATE):
+        self.origin, self.max_samples, self.rate = origin, max_samples, rate
         self.resampler: av.AudioResampler | None = None
         self.chunks: list[np.ndarray] = []
         self.count = 0
@@ -69,7 +70,7 @@ class AudioCollector:
     def add(self, frame: av.AudioFrame | None) -> None:
         if frame is not None and self.start is None:
             self.start = (frame.time or 0.0) - self.origin
-            lead = round(self.start * SAMPLE_RATE)
+            lead = round(self.start * self.rate)
             if lead > 0:  # audio starts after the video: silence before it
                 self._push(np.zeros(lead, np.float32))
             elif lead < 0:
@@ -78,7 +79,7 @@ class AudioCollector:
             if frame is None:
                 return
             self.resampler = av.AudioResampler(format="fltp", layout=frame.layout.name,
-                                               rate=SAMPLE_RATE)
+                                               rate=self.rate)
         for out in self.resampler.resample(frame):
             self._push(out.to_ndarray().mean(axis=0, dtype=np.float32))
 
@@ -101,19 +102,29 @@ def add_audio(audio: AudioCollector, frame: av.AudioFrame | None, bad: dict[str,
         bad["audio"] += 1
 
 
+def wave_seconds(wave: np.ndarray, n_seconds: int, rate: int) -> np.ndarray:
+    """float32 [n_seconds, rate]: second k of ``wave``, zero-padded at the end (CLAP input)."""
+    need = n_seconds * rate
+    wave = np.asarray(wave, np.float32)[:need]
+    return np.pad(wave, (0, need - wave.shape[0])).reshape(n_seconds, rate)
+
+
 def audio_examples(wave: np.ndarray, astream: av.stream.Stream | None, n: int,
                     bad: dict[str, int], spec: DecodeSpec, problem: Callable[..., None]
                     ) -> np.ndarray:
+    """VGGish's log-mel examples [n, 96, 64] (with ``spec.wave_rate``: the per-second
+    waveforms [n, wave_rate]), after reporting missing, broken or silent audio."""
+    rate = spec.wave_rate or SAMPLE_RATE
     if astream is None:
         problem(NO_AUDIO_STREAM, "no audio stream; encoded as digital silence")
     else:
         if bad["audio"]:
             problem(AUDIO_DECODE_ERRORS, f"{bad['audio']} audio packets failed to decode")
-        have = wave.shape[0] / SAMPLE_RATE
+        have = wave.shape[0] / rate
         if have == 0:
             problem(AUDIO_DECODE_ERRORS, "no audio could be decoded; encoded as digital silence")
         elif have + AUDIO_SHORT_SLACK <= n:
             problem(AUDIO_SHORT, f"audio lasts {have:.2f} s of {n} s; the rest is silence")
-        elif float(np.max(np.abs(wave[: n * SAMPLE_RATE]))) < spec.silence_peak:
+        elif float(np.max(np.abs(wave[: n * rate]))) < spec.silence_peak:
             problem(SILENT_AUDIO, "the audio track is silent")
-    return log_mel_examples(wave, n)
+    return wave_seconds(wave, n, rate) if spec.wave_rate else log_mel_examples(wave, n)

@@ -14,6 +14,13 @@ DEFAULT_MODEL = "ViT-L-14-336"  # AV-Master's peers' CLIP; the paper's ViT-L-14 
 DEFAULT_PRETRAINED = "openai"
 TINY_MODEL = "avmaster-tiny"  # shipped config (model_configs/): random weights, for tests/demos
 RANDOM_TAG = "random"
+VISUAL_ENCODERS = ("clip", "resnet18")  # resnet18: Table XI's ResNet-18 row (torchvision)
+RESNET_NAME = "resnet18"
+RESNET_TAG = "imagenet1k-v1"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
+RESNET_SIZE = 224  # the MUSIC-AVQA release: 224 x 224 frames, one per second
+AUDIO_ENCODERS = ("vggish", "clap")  # clap: Table XI's CLAP row (transformers, avmaster[clap])
+CLAP_MODEL = "laion/clap-htsat-unfused"  # Hugging Face id or a local directory (offline)
+CLAP_RATE = 48_000  # CLAP's sample rate
 VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "avi", "mov")
 VGGISH_POSTPROCESS = ("none", "pca", "pca-quantized")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -50,7 +57,12 @@ class ExtractConfig:
     seed: int = 0
     normalize: bool = False  # L2-normalise the stored CLIP vectors (default: raw encoder output)
     patch_tokens: bool = False
-    # audio encoder
+    # visual encoder: the CLIP model above, or ResNet-18 (the text stays CLIP's)
+    visual_encoder: str = "clip"
+    resnet_weights: str | None = None  # local torchvision resnet18 state dict (offline)
+    # audio encoder: VGGish, or CLAP (one vector per second)
+    audio_encoder: str = "vggish"
+    clap_model: str = CLAP_MODEL  # with random_init: "avmaster-tiny" for tests
     vggish_weights: str | None = None
     vggish_pca_weights: str | None = None
     vggish_postprocess: str = "none"
@@ -89,6 +101,17 @@ class ExtractConfig:
         if self.vggish_postprocess not in VGGISH_POSTPROCESS:
             raise ValueError(f"vggish_postprocess {self.vggish_postprocess!r}: choose one of "
                              f"{VGGISH_POSTPROCESS}")
+        if self.visual_encoder not in VISUAL_ENCODERS:
+            raise ValueError(f"visual_encoder {self.visual_encoder!r}: choose one of "
+                             f"{VISUAL_ENCODERS}")
+        if self.visual_encoder != "clip" and self.patch_tokens:
+            raise ValueError("patch_tokens needs visual_encoder clip (ResNet-18 stores the "
+                             "pooled 512-d vector only)")
+        if self.audio_encoder not in AUDIO_ENCODERS:
+            raise ValueError(f"audio_encoder {self.audio_encoder!r}: choose one of "
+                             f"{AUDIO_ENCODERS}")
+        if self.clap_model == TINY_MODEL and not self.random_init and self.audio_encoder == "clap":
+            raise ValueError(f"clap_model {TINY_MODEL} has no weights: use it with random_init")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r}: choose one of {PRECISIONS}")
         if not 0.0 <= self.frame_position < 1.0:
@@ -140,19 +163,26 @@ def feature_paths(cfg: ExtractConfig | None = None, out: Path | str | None = Non
     """The output files of a configuration; keyword arguments override ``cfg``'s fields.
 
     ``visual_<slug>.h5``, ``text_<slug>.h5``, ``patch_<slug>.h5`` with
-    ``slug = clip_slug(model, pretrained or 'random')``; ``audio_vggish.h5`` (``-pca`` /
-    ``-pca-quantized`` for the post-processed variants, ``_random`` for random weights).
+    ``slug = clip_slug(model, pretrained or 'random')`` (the visual file of ResNet-18:
+    ``visual_resnet18_imagenet1k-v1.h5``, or ``visual_resnet18_random.h5``);
+    ``audio_vggish.h5`` (``-pca`` /
+    ``-pca-quantized`` for the post-processed variants, ``_random`` for random weights), or
+    ``audio_clap_<model>.h5`` (``audio_clap_laion-clap-htsat-unfused.h5``).
     """
     cfg = cfg or ExtractConfig()
     out = Path(out if out is not None else cfg.out)
     random_init = cfg.random_init if random_init is None else random_init
     tag = RANDOM_TAG if random_init else (pretrained or cfg.pretrained)
     s = clip_slug(model or cfg.model, tag)
+    visual = s if cfg.visual_encoder == "clip" else clip_slug(
+        RESNET_NAME, RANDOM_TAG if random_init else RESNET_TAG)
     post = vggish_postprocess or cfg.vggish_postprocess
     audio = "audio_vggish" + ("" if post == "none" else f"-{post}")
     audio += f"_{RANDOM_TAG}" if random_init else ""
+    if cfg.audio_encoder == "clap":
+        audio = f"audio_clap_{RANDOM_TAG if random_init else clap_tag(cfg.clap_model)}"
     return FeaturePaths(
-        visual=out / f"visual_{s}.h5",
+        visual=out / f"visual_{visual}.h5",
         audio=out / f"{audio}.h5",
         text=out / f"text_{s}.h5",
         patch=out / f"patch_{s}.h5",
@@ -169,8 +199,22 @@ def _clip_settings(cfg: ExtractConfig) -> dict[str, Any]:
     return out
 
 
+def visual_encoder_name(cfg: ExtractConfig) -> str:
+    """The visual file's ``encoder`` attribute: ``open_clip:<model>`` or ``resnet18``."""
+    return RESNET_NAME if cfg.visual_encoder == RESNET_NAME else f"open_clip:{cfg.model}"
+
+
 def visual_settings(cfg: ExtractConfig) -> dict[str, Any]:
     """What decides the visual features' values: stored in the files, compared on resume."""
+    if cfg.visual_encoder == RESNET_NAME:
+        out: dict[str, Any] = {"encoder": RESNET_NAME, "pretrained": RANDOM_TAG if
+                               cfg.random_init else RESNET_TAG, "output": "avgpool",
+                               "image_size": RESNET_SIZE, "resize_mode": "squash"}
+        if cfg.random_init:
+            out["seed"] = cfg.seed
+        return {**out, "text_model": cfg.model, "seconds": cfg.stored_seconds,
+                "frame_position": cfg.frame_position, "fast_decode": cfg.fast_decode,
+                "dtype": cfg.dtype}
     return {**_clip_settings(cfg), "output": "image_features", "normalize": cfg.normalize,
             "seconds": cfg.stored_seconds, "frame_position": cfg.frame_position,
             "fast_decode": cfg.fast_decode, "dtype": cfg.dtype}
@@ -180,7 +224,28 @@ def patch_settings(cfg: ExtractConfig) -> dict[str, Any]:
     return {**visual_settings(cfg), "output": "patch_tokens_projected"}
 
 
+def clap_tag(model: str) -> str:
+    """A CLAP model's ``pretrained`` tag: its Hugging Face id or folder name, slugged
+    (``laion/clap-htsat-unfused`` -> ``laion-clap-htsat-unfused``)."""
+    path = Path(model)
+    return slug(path.name if path.is_dir() else model)
+
+
+def audio_encoder_name(cfg: ExtractConfig) -> str:
+    """The audio file's ``encoder`` attribute: ``torchvggish:vggish`` or ``clap``."""
+    return "clap" if cfg.audio_encoder == "clap" else "torchvggish:vggish"
+
+
 def audio_settings(cfg: ExtractConfig) -> dict[str, Any]:
+    if cfg.audio_encoder == "clap":
+        clap: dict[str, Any] = {"encoder": "clap", "model": cfg.clap_model,
+                                "pretrained": RANDOM_TAG if cfg.random_init
+                                else clap_tag(cfg.clap_model), "output": "audio_embeds",
+                                "sample_rate": CLAP_RATE, "window": "1 s, repeat-padded",
+                                "seconds": cfg.stored_seconds, "dtype": cfg.dtype}
+        if cfg.random_init:
+            clap["seed"] = cfg.seed
+        return clap
     out: dict[str, Any] = {"encoder": "vggish", "pretrained": RANDOM_TAG if cfg.random_init
                            else "audioset", "postprocess": cfg.vggish_postprocess,
                            "seconds": cfg.stored_seconds, "dtype": cfg.dtype}

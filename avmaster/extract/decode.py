@@ -131,7 +131,9 @@ def _decode_open(container: av.container.InputContainer, spec: DecodeSpec, out: 
     picker = FramePicker(spec, origin)
     gops = GopSkipper(vstream, origin, enabled=spec.gop_skip and spec.visual)
     want_audio = spec.audio and astream is not None
-    audio = AudioCollector(origin, None if spec.seconds is None else spec.seconds * SAMPLE_RATE)
+    wave_rate = spec.wave_rate or SAMPLE_RATE
+    audio = AudioCollector(origin, None if spec.seconds is None else spec.seconds * wave_rate,
+                           wave_rate)
     bad = {"video": 0, "audio": 0}
     video_end = 0.0  # end of the last video packet seen (its frame may have been skipped)
     try:
@@ -196,8 +198,11 @@ def _decode_open(container: av.container.InputContainer, spec: DecodeSpec, out: 
                 "audio_rate": astream.rate if astream is not None else 0,
                 "audio_channels": astream.channels if astream is not None else 0}
     if spec.audio:
-        examples = audio_examples(audio.wave(), astream, n, bad, spec, problem)
-        out.log_mel = torch.from_numpy(examples)
+        examples = torch.from_numpy(audio_examples(audio.wave(), astream, n, bad, spec, problem))
+        if spec.wave_rate:
+            out.wave = examples
+        else:
+            out.log_mel = examples
 
 
 class VideoDecodeDataset(torch.utils.data.Dataset):

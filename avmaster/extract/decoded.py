@@ -54,6 +54,7 @@ class DecodeSpec:
     visual: bool = True
     audio: bool = True
     silence_peak: float = 1e-4  # |sample| below this everywhere = silent audio (about -80 dBFS)
+    wave_rate: int | None = None  # None: VGGish log-mel (16 kHz); else 1-s waveforms (CLAP: 48k)
     decode_threads: int = 1
     gop_skip: bool = True  # skip the tail of each group of pictures after its last needed frame
     fast_decode: bool = False  # lossy: skip deblocking and frames no other frame references
@@ -62,13 +63,15 @@ class DecodeSpec:
 
 @dataclass
 class DecodedVideo:
-    """A decoded video: ``frames`` uint8 [n, H, W, 3], ``log_mel`` float32 [n, 96, 64]
-    (``n`` = whole seconds decoded, before any padding), and the problems met."""
+    """A decoded video: ``frames`` uint8 [n, H, W, 3], ``log_mel`` float32 [n, 96, 64] or, with
+    ``DecodeSpec.wave_rate``, ``wave`` float32 [n, wave_rate] (``n`` = whole seconds decoded,
+    before any padding), and the problems met."""
 
     video_id: str
     path: str
     frames: torch.Tensor | None = None
     log_mel: torch.Tensor | None = None
+    wave: torch.Tensor | None = None
     n_seconds: int = 0
     duration: float = 0.0
     problems: list[Problem] = field(default_factory=list)

@@ -1,4 +1,5 @@
-"""The encoders: any open_clip model (image + text towers) and VGGish (torchvggish).
+"""The encoders: any open_clip model (image + text towers), VGGish (torchvggish) and, for the
+paper's Table XI, torchvision's ResNet-18 (images only) and CLAP's audio tower (transformers).
 
 Weights come from the libraries' own download paths (cached), from local files
 (``clip_weights`` / ``vggish_weights`` / ``vggish_pca_weights``), or are random
@@ -20,7 +21,14 @@ from torch import nn
 from torchvggish import torchvggish as tvg
 from torchvggish import vggish_params
 
-from avmaster.extract.config import RANDOM_TAG
+from avmaster.extract.config import (
+    CLAP_RATE,
+    RANDOM_TAG,
+    RESNET_SIZE,
+    RESNET_TAG,
+    TINY_MODEL,
+    clap_tag,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,7 @@ PCA_CLIP = (vggish_params.QUANTIZE_MIN_VAL, vggish_params.QUANTIZE_MAX_VAL)
 QUANT_LEVELS = 255.0
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 OPEN_CLIP_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _registered = False
 
 
@@ -291,13 +300,13 @@ def _load_file(path: str, what: str) -> dict[str, Any]:
         return torch.load(p, map_location="cpu", weights_only=False)
 
 
-def _download(url: str, flag: str) -> dict[str, Any]:
+def _download(url: str, flag: str, what: str = "VGGish") -> dict[str, Any]:
     try:
         return torch.hub.load_state_dict_from_url(url, progress=False, map_location="cpu")
     except Exception as e:
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
         raise WeightsUnavailableError(
-            f"VGGish weights could not be downloaded from {url} ({type(e).__name__}: {e}). Fix: "
+            f"{what} weights could not be downloaded from {url} ({type(e).__name__}: {e}). Fix: "
             f"download that file on a machine with internet access and pass {flag} FILE, or put "
             f"it at {cache} (torch.hub's cache); --random-init runs without weights (tests/demos "
             "only)."
@@ -358,3 +367,112 @@ class VGGishEncoder:
         if self.pca is not None:
             y = self.pca(y)
         return y.float().cpu()
+
+
+# ----------------------------------------------------------------------------- ResNet-18
+
+
+class ResNetEncoder:
+    """ResNet-18 image features as the MUSIC-AVQA release stores them: the 512-d average-pooled
+    output (the classifier removed) of 224 x 224 frames, ImageNet mean/std.
+
+    Weights: torchvision's ``IMAGENET1K_V1`` (downloaded once into torch.hub's cache), a local
+    state dict (``weights_file``, offline), or random (``random_init``: torchvision's He-normal
+    initialisation, seeded).
+    Same image interface as :class:`ClipEncoder` (``encode_images``, ``image_size``,
+    ``preprocess``, ``dim``).
+    """
+
+    dim = 512
+
+    def __init__(self, *, weights_file: str | None = None, random_init: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu", precision: str = "fp32"):
+        from torchvision.models import ResNet18_Weights, resnet18
+
+        self.device = torch.device(device)
+        self.pretrained = RANDOM_TAG if random_init else RESNET_TAG
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = resnet18(weights=None)  # torchvision's init is He-normal already
+        if random_init:
+            _random_warning("ResNet-18")
+        if not random_init:
+            weights = ResNet18_Weights.IMAGENET1K_V1
+            state = (_load_file(weights_file, "--resnet-weights") if weights_file
+                     else _download(weights.url, "--resnet-weights", "ResNet-18"))
+            net.load_state_dict(state)
+        net.fc = nn.Identity()
+        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        self.model = net.eval().to(self.device, self.dtype)
+        self.image_size = (RESNET_SIZE, RESNET_SIZE)
+        self.preprocess = {"interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
+        mean, std = IMAGENET_MEAN_STD
+        self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+
+    @torch.inference_mode()
+    def encode_images(self, frames: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """uint8 [B, H, W, 3] images -> (float32 [B, 512] on the CPU, ``None``)."""
+        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = ((x - self._mean) / self._std).to(self.dtype)
+        return self.model(x).float().cpu(), None
+
+
+# ----------------------------------------------------------------------------- CLAP
+
+# A tiny HTSAT audio tower for tests and demos (``clap_model=avmaster-tiny`` with random_init).
+TINY_CLAP = {"depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1], "hidden_size": 128,
+             "patch_embeds_hidden_size": 16, "projection_dim": 32, "window_size": 8,
+             "enable_fusion": False}
+
+
+class ClapEncoder:
+    """CLAP audio embeddings, one per second: each second of 48 kHz mono audio is encoded on its
+    own (CLAP's feature extractor repeat-pads it to its 10-s window), giving the projected
+    ``audio_embeds`` (not L2-normalised, like the stored CLIP vectors).
+
+    transformers' ``ClapAudioModelWithProjection`` (the optional extra ``avmaster[clap]``) loads
+    ``model`` by Hugging Face id (cached download) or from a local directory (offline: a copy
+    of ``laion/clap-htsat-unfused``); ``random_init`` builds it with random weights (the
+    ``avmaster-tiny`` size or the default HTSAT), for tests and demos only.
+    """
+
+    def __init__(self, model: str, *, random_init: bool = False, seed: int = 0,
+                 device: torch.device | str = "cpu"):
+        try:
+            from transformers import (
+                ClapAudioConfig,
+                ClapAudioModelWithProjection,
+                ClapFeatureExtractor,
+            )
+        except ImportError as e:
+            raise ImportError("the CLAP audio encoder needs transformers: "
+                              'pip install "avmaster[clap]"') from e
+        self.device = torch.device(device)
+        self.pretrained = RANDOM_TAG if random_init else clap_tag(model)
+        if random_init:
+            _random_warning(f"CLAP {model}")
+            config = ClapAudioConfig(**(TINY_CLAP if model == TINY_MODEL else {}))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net = ClapAudioModelWithProjection(config)
+            self.features = ClapFeatureExtractor(truncation="rand_trunc")
+        else:
+            try:
+                net = ClapAudioModelWithProjection.from_pretrained(model)
+                self.features = ClapFeatureExtractor.from_pretrained(model)
+            except OSError as e:
+                raise WeightsUnavailableError(
+                    f"CLAP {model!r} could not be loaded ({e}). Fix: download it on a machine "
+                    "with internet access (huggingface-cli download laion/clap-htsat-unfused "
+                    "--local-dir DIR) and pass --clap-model DIR") from e
+        self.model = net.eval().to(self.device)
+        self.dim = int(net.config.projection_dim)
+
+    @torch.inference_mode()
+    def encode(self, waves: torch.Tensor) -> torch.Tensor:
+        """float32 [B, 48000] one-second waveforms -> float32 [B, D] on the CPU."""
+        inputs = self.features(list(waves.numpy()), sampling_rate=CLAP_RATE,
+                               return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        return self.model(**inputs).audio_embeds.float().cpu()

@@ -16,11 +16,13 @@ import numpy as np
 import torch
 
 from avmaster.data.store import pad_or_trim
-from avmaster.extract.config import ExtractConfig
+from avmaster.extract.config import CLAP_RATE, ExtractConfig
 from avmaster.extract.decode import decode_video
 from avmaster.extract.decoded import DecodedVideo, DecodeSpec, Problem
 from avmaster.extract.encoders import (
+    ClapEncoder,
     ClipEncoder,
+    ResNetEncoder,
     VGGishEncoder,
     resolve_device,
     resolve_precision,
@@ -40,7 +42,8 @@ class UndecodableVideoError(RuntimeError):
 
 
 class FeatureExtractor:
-    """CLIP + VGGish features of videos and CLIP features of texts, as the HDF5 caches hold them.
+    """CLIP (or ResNet-18) + VGGish features of videos and CLIP features of texts, as the HDF5
+    caches hold them.
 
     Encoders are built on first use (a text-only caller never loads VGGish).
     """
@@ -51,7 +54,9 @@ class FeatureExtractor:
         self.device = resolve_device(self.config.device)
         self.precision = resolve_precision(self.config.precision, self.device)
         self._clip: ClipEncoder | None = None
+        self._resnet: ResNetEncoder | None = None
         self._vggish: VGGishEncoder | None = None
+        self._clap: ClapEncoder | None = None
 
     @property
     def clip(self) -> ClipEncoder:
@@ -66,6 +71,20 @@ class FeatureExtractor:
         return self._clip
 
     @property
+    def visual(self) -> ClipEncoder | ResNetEncoder:
+        """The image encoder: the CLIP model, or ResNet-18 with ``visual_encoder=resnet18``."""
+        c = self.config
+        if c.visual_encoder == "clip":
+            return self.clip
+        if self._resnet is None:
+            self._resnet = ResNetEncoder(weights_file=c.resnet_weights,
+                                         random_init=c.random_init, seed=c.seed,
+                                         device=self.device, precision=self.precision)
+            log.info("ResNet-18/%s on %s (%s)", self._resnet.pretrained, self.device,
+                     self.precision)
+        return self._resnet
+
+    @property
     def vggish(self) -> VGGishEncoder:
         if self._vggish is None:
             c = self.config
@@ -77,16 +96,29 @@ class FeatureExtractor:
         return self._vggish
 
     @property
+    def audio(self) -> VGGishEncoder | ClapEncoder:
+        """The audio encoder: VGGish, or CLAP with ``audio_encoder=clap``."""
+        c = self.config
+        if c.audio_encoder == "vggish":
+            return self.vggish
+        if self._clap is None:
+            self._clap = ClapEncoder(c.clap_model, random_init=c.random_init, seed=c.seed,
+                                     device=self.device)
+            log.info("CLAP %s/%s on %s", c.clap_model, self._clap.pretrained, self.device)
+        return self._clap
+
+    @property
     def decode_spec(self) -> DecodeSpec:
         """How worker processes decode for this extractor (the CLIP input size and resize)."""
-        c, clip = self.config, self.clip
-        pre = clip.preprocess
-        return DecodeSpec(image_size=clip.image_size,
+        c, visual = self.config, self.visual
+        pre = visual.preprocess
+        return DecodeSpec(image_size=visual.image_size,
                           resize_mode=pre.get("resize_mode") or DecodeSpec.resize_mode,
                           interpolation=pre.get("interpolation") or DecodeSpec.interpolation,
                           fill_color=int(pre.get("fill_color") or 0),
                           seconds=c.stored_seconds, frame_position=c.frame_position,
                           silence_peak=c.silence_peak, decode_threads=c.decode_threads,
+                          wave_rate=CLAP_RATE if c.audio_encoder == "clap" else None,
                           gop_skip=not c.decode_all_frames, fast_decode=c.fast_decode,
                           hwaccel=c.hwaccel)
 
@@ -102,14 +134,15 @@ class FeatureExtractor:
         if ok:
             counts = [v.n_seconds for v in ok]
             frames = torch.cat([v.frames for v in ok])  # type: ignore[misc]
-            mel = torch.cat([v.log_mel for v in ok])  # type: ignore[misc]
+            clap = self.config.audio_encoder == "clap"
+            mel = torch.cat([v.wave if clap else v.log_mel for v in ok])  # type: ignore[misc]
             vis, patch = [], []
             for chunk in self._chunks(frames, self.config.batch_size):
-                v, p = self.clip.encode_images(chunk)
+                v, p = self.visual.encode_images(chunk)
                 vis.append(v)
                 if p is not None:
                     patch.append(p.flatten(1))
-            aud = [self.vggish.encode(c) for c in self._chunks(mel, self.config.audio_batch_size)]
+            aud = [self.audio.encode(c) for c in self._chunks(mel, self.config.audio_batch_size)]
             vis_s = torch.cat(vis).numpy()
             aud_s = torch.cat(aud).numpy()
             patch_s = torch.cat(patch).numpy() if patch else None

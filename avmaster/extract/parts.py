@@ -41,14 +41,17 @@ from avmaster.data.store import (
 )
 from avmaster.extract.audio import EXAMPLE_FRAMES, MEL_HOP_SECONDS, SAMPLE_RATE
 from avmaster.extract.config import (
+    CLAP_RATE,
     ExtractConfig,
     FeaturePaths,
+    audio_encoder_name,
     audio_settings,
     feature_paths,
     patch_settings,
     settings_hash,
     settings_json,
     text_settings,
+    visual_encoder_name,
     visual_settings,
 )
 from avmaster.extract.decoded import DUPLICATE_ID, MISSING_FILE, Problem
@@ -406,8 +409,8 @@ def _merge_videos(cfg: ExtractConfig, paths: FeaturePaths, written: list[Path]
                     dim = int(next(rows("visual"))[1].shape[1])
                     extra.update(token_dim=dim,
                                  tokens_per_frame=int(next(rows("patch"))[1].shape[1]) // dim)
-                encoder = ("torchvggish:vggish" if name == "audio"
-                           else f"open_clip:{cfg.model}")
+                encoder = (audio_encoder_name(cfg) if name == "audio"
+                           else visual_encoder_name(cfg))
                 pretrained = settings["pretrained"]
                 count = write_video_features(path, rows(name), modality=name, encoder=encoder,
                                              pretrained=pretrained, fps=1.0,
@@ -419,6 +422,8 @@ def _merge_videos(cfg: ExtractConfig, paths: FeaturePaths, written: list[Path]
 
 
 def _modality_attrs(cfg: ExtractConfig, name: str) -> dict[str, Any]:
+    if name == "audio" and cfg.audio_encoder == "clap":
+        return {"sample_rate": CLAP_RATE, "example_seconds": 1.0, "model": cfg.clap_model}
     if name == "audio":
         return {"sample_rate": SAMPLE_RATE, "postprocess": cfg.vggish_postprocess,
                 "example_seconds": EXAMPLE_FRAMES * MEL_HOP_SECONDS,

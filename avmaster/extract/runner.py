@@ -27,10 +27,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from avmaster.atomic import TEMP_PATTERN, atomic_write_text
 from avmaster.data.annotations import AnnotationError
 from avmaster.extract.config import (
+    AUDIO_ENCODERS,
     DEVICES,
     HWACCELS,
     PRECISIONS,
     VGGISH_POSTPROCESS,
+    VISUAL_ENCODERS,
     ExtractConfig,
     audio_settings,
     feature_paths,
@@ -146,7 +148,7 @@ def extract_videos(cfg: ExtractConfig, extractor: FeatureExtractor,
 
     writer = VideoPartWriter(video_parts_dir(cfg), cfg)
     spec = extractor.decode_spec
-    _ = extractor.vggish  # build both encoders before the workers start
+    _ = extractor.audio  # build both encoders before the workers start
     workers = min(cfg.workers, len(items))
     group: list[DecodedVideo] = []
     bar = tqdm(total=len(items), unit="video", disable=not cfg.progress, smoothing=0.05,
@@ -395,6 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained", default=d.pretrained, help="open_clip pretrained tag")
     g.add_argument("--clip-weights", metavar="FILE", help="local checkpoint for --model "
                    "(offline); --pretrained still names the tag whose settings apply")
+    g.add_argument("--visual-encoder", default=d.visual_encoder, choices=VISUAL_ENCODERS,
+                   help="image encoder: the CLIP --model, or resnet18 (torchvision, 512-d "
+                        "avgpool at 224 px, ImageNet weights; paper Table XI); text stays CLIP")
+    g.add_argument("--resnet-weights", metavar="FILE",
+                   help="local torchvision resnet18 state dict (resnet18-f37072fd.pth; offline)")
+    g.add_argument("--audio-encoder", default=d.audio_encoder, choices=AUDIO_ENCODERS,
+                   help="audio encoder: vggish, or clap (one CLAP embedding per second of 48 "
+                        'kHz audio; paper Table XI; pip install "avmaster[clap]")')
+    g.add_argument("--clap-model", default=d.clap_model, metavar="ID_OR_DIR",
+                   help="CLAP model: Hugging Face id or a local directory (offline)")
     g.add_argument("--vggish-weights", metavar="FILE", help="local VGGish .pth (offline)")
     g.add_argument("--vggish-pca-weights", metavar="FILE",
                    help="local VGGish PCA params (.pth or .npz; offline)")

@@ -13,8 +13,8 @@ _MODULES = {
     "avmaster": ("AVMaster", "AVMasterOutput", "Branches", "Paths", "as_dims",
                  "count_parameters", "resolve_branches", "resolve_paths"),
     "blocks": ("CAB", "FFN", "MLP", "SAB", "Attention", "SingleKeyCAB"),
-    "config": ("ABLATIONS", "FeatureDims", "LossConfig", "ModelConfig", "OptimConfig",
-               "ablation", "to_dataclass"),
+    "config": ("FeatureDims", "InferenceConfig", "LossConfig", "ModelConfig", "OptimConfig",
+               "to_dataclass"),
     "decoders": ("AnswerDecoder", "ClassHead", "OptionHead", "PathDecoder"),
     "focus": ("FocusCapture", "FocusOutput", "FocusStep"),
     "fusion": ("KeyFusion",),
@@ -23,7 +23,6 @@ _MODULES = {
 _HOME = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
-    "ABLATIONS",
     "CAB",
     "FFN",
     "MLP",
@@ -38,6 +37,7 @@ __all__ = [
     "FocusCapture",
     "FocusOutput",
     "FocusStep",
+    "InferenceConfig",
     "KeyFusion",
     "LossConfig",
     "ModelConfig",
@@ -47,7 +47,6 @@ __all__ = [
     "Paths",
     "PreferenceActivation",
     "SingleKeyCAB",
-    "ablation",
     "as_dims",
     "count_parameters",
     "resolve_branches",

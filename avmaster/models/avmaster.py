@@ -19,14 +19,18 @@ so no parameter exists that would not receive a gradient:
 - w/o all: w/o AVFC + w/o GPAP + no L_c: key fusion of mean-pooled features, one decoder.
 - question only: a decoder reads the question words with the sentence as query.
 
-Loss ablations prune too (:func:`resolve_branches`): a decoder whose answer loss has weight 0 is not
-built (it would stay untrained yet vote), and a preference branch or the key fusion exists only
-while some active loss reads it (e.g. ``L_qa + L_c``: GPAP branches are trained by L_c alone and
-have no decoder). Every built parameter therefore receives a gradient, which also keeps DDP
-without ``find_unused_parameters`` working.
+Loss weights change no module (paper Table VIII): every decoder the switches build is kept and
+votes at inference; modules that no active loss reaches (:func:`resolve_branches`) are frozen
+at their random initialisation (``requires_grad=False``), e.g. the preference branches and
+their decoders under ``L_qa`` alone. Every trainable parameter therefore receives a gradient,
+which also keeps DDP without ``find_unused_parameters`` working.
+
+Inputs (Fig. 5): with ``use_audio`` / ``use_visual`` off, that modality's projected sequence is
+zeros of the same shape (no input projection is built for it).
 
 No positional encodings are used: temporal order reaches the answer only through the AVFC
-recurrence. No learned modality weights exist: the paths are combined by summing softmaxes.
+recurrence. No learned modality weights exist: the paths are combined by summing softmaxes
+(other rules: :mod:`avmaster.models.combine`).
 
 Multiple choice (``multiple_choice=True``): every decoder scores the K options of
 ``batch["options"]`` with an :class:`~avmaster.models.decoders.OptionHead` instead of the C
@@ -44,7 +48,14 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from avmaster.data.batch import Batch
-from avmaster.models.config import FeatureDims, LossConfig, ModelConfig, to_dataclass
+from avmaster.models.combine import combine
+from avmaster.models.config import (
+    FeatureDims,
+    InferenceConfig,
+    LossConfig,
+    ModelConfig,
+    to_dataclass,
+)
 from avmaster.models.decoders import PathDecoder
 from avmaster.models.focus import FocusCapture
 from avmaster.models.fusion import KeyFusion
@@ -94,23 +105,27 @@ class AVMasterOutput:
     def path_logits(self) -> list[Tensor]:
         return [x for x in (self.logits, self.audio_logits, self.visual_logits) if x is not None]
 
+    def path_probs(self) -> dict[str, Tensor]:
+        """Each voting path's softmax ``[B, C]`` by name (``tdpp``, ``audio``, ``visual``)."""
+        named = {"tdpp": self.logits, "audio": self.audio_logits, "visual": self.visual_logits}
+        return {k: v.float().softmax(dim=-1) for k, v in named.items() if v is not None}
+
     @property
     def preferences(self) -> list[Tensor]:
         return [x for x in (self.audio_preference, self.visual_preference) if x is not None]
 
-    def probs(self) -> Tensor:
-        """Mean of the paths' softmaxes ``[B, C]``; its argmax is the paper's sum-then-argmax."""
-        paths = self.path_logits
-        return torch.stack([x.float().softmax(dim=-1) for x in paths]).mean(dim=0)
+    def probs(self, inference: InferenceConfig | None = None) -> Tensor:
+        """The paths' softmaxes combined ``[B, C]``; by default their mean, whose argmax is the
+        paper's sum-then-argmax (see :func:`~avmaster.models.combine.combine`)."""
+        return combine(self.path_probs(), inference)
 
-    def pred(self) -> Tensor:
-        return self.probs().argmax(dim=-1)
+    def pred(self, inference: InferenceConfig | None = None) -> Tensor:
+        return self.probs(inference).argmax(dim=-1)
 
 
 @dataclass(frozen=True)
 class Branches:
-    """Which modules (branches of the two paths) a model builds (see
-    :func:`resolve_branches`)."""
+    """A set of modules (branches of the two paths; see :func:`resolve_branches`)."""
 
     focus: bool
     fusion: bool
@@ -129,20 +144,24 @@ class Branches:
         return self.fusion or self.visual_pref
 
 
-def resolve_branches(cfg: ModelConfig, loss: LossConfig) -> Branches:
-    """The modules that the model switches and the active (weight > 0) losses can train."""
+def resolve_branches(cfg: ModelConfig, loss: LossConfig) -> tuple[Branches, Branches]:
+    """``(built, trained)``: the modules the model switches build, and those of them that the
+    active (weight > 0) losses reach. Built but untrained modules are frozen, not removed."""
     if cfg.question_only:
         if loss.qa <= 0:
             raise ValueError("the question-only model needs loss.qa > 0")
-        return Branches(False, False, True, False, False, False, False)
+        only = Branches(False, False, True, False, False, False, False)
+        return only, only
     ape, vpe, tdpp = cfg.audio_preference, cfg.visual_preference, cfg.use_tdpp
+    built = Branches(focus=tdpp and cfg.use_focus, fusion=tdpp, decoder=tdpp, audio_pref=ape,
+                     audio_decoder=ape, visual_pref=vpe, visual_decoder=vpe)
     contrastive = tdpp and (ape or vpe) and loss.contrastive > 0
     decoder = tdpp and loss.qa > 0
     audio_decoder, visual_decoder = ape and loss.audio > 0, vpe and loss.visual > 0
     if not (decoder or audio_decoder or visual_decoder):
         raise ValueError("no answer decoder is trained: check model paths and loss weights")
     fusion = decoder or contrastive
-    return Branches(
+    trained = Branches(
         focus=fusion and cfg.use_focus,
         fusion=fusion,
         decoder=decoder,
@@ -151,6 +170,7 @@ def resolve_branches(cfg: ModelConfig, loss: LossConfig) -> Branches:
         visual_pref=visual_decoder or (vpe and contrastive),
         visual_decoder=visual_decoder,
     )
+    return built, trained
 
 
 # The earlier names (they read like file paths), kept importable.
@@ -163,7 +183,7 @@ class AVMaster(nn.Module):
 
     ``cfg``: :class:`ModelConfig` (or mapping); ``dims``: input feature sizes (``visual``,
     ``audio``, ``text``); ``num_answers``: C; ``multiple_choice``: score ``batch["options"]``;
-    ``loss_cfg``: the training losses, whose zero weights prune untrainable modules (default:
+    ``loss_cfg``: the training losses; modules that no active loss reaches are frozen (default:
     all losses on).
     ``forward(batch)`` reads ``visual [B, T, Dv]``, ``audio [B, T, Da]``, ``question_tokens
     [B, L, Dq]``, ``question_mask [B, L]`` (optional, True = token), ``question [B, Dq]`` and,
@@ -184,8 +204,8 @@ class AVMaster(nn.Module):
         dims = as_dims(dims)
         if not multiple_choice and num_answers < 1:
             raise ValueError("num_answers must be >= 1 unless multiple_choice=True")
-        branches = resolve_branches(cfg, to_dataclass(LossConfig, loss_cfg))
-        self.cfg, self.dims, self.branches = cfg, dims, branches
+        branches, trained = resolve_branches(cfg, to_dataclass(LossConfig, loss_cfg))
+        self.cfg, self.dims, self.branches, self.trained = cfg, dims, branches, trained
         self.num_answers, self.multiple_choice = num_answers, multiple_choice
         dim, heads, ff, drop = cfg.dim, cfg.heads, cfg.ff_mult, cfg.dropout
 
@@ -197,8 +217,10 @@ class AVMaster(nn.Module):
         self.proj_words = nn.Linear(dims.text, dim)
         self.proj_option = nn.Linear(dims.text, dim) if multiple_choice else None
 
-        self.proj_audio = nn.Linear(dims.audio, dim) if branches.audio else None
-        self.proj_visual = nn.Linear(dims.visual, dim) if branches.visual else None
+        self.proj_audio = (nn.Linear(dims.audio, dim) if branches.audio and cfg.use_audio
+                           else None)
+        self.proj_visual = (nn.Linear(dims.visual, dim) if branches.visual and cfg.use_visual
+                            else None)
         self.focus = (
             FocusCapture(
                 dim, heads, cfg.template_len, ff, drop, cfg.share_attention, cfg.share_bias
@@ -216,8 +238,40 @@ class AVMaster(nn.Module):
         self.audio_decoder = decoder() if branches.audio_decoder else None
         self.visual_pref = preference() if branches.visual_pref else None
         self.visual_decoder = decoder() if branches.visual_decoder else None
+        for name in self.frozen_modules:
+            getattr(self, name).requires_grad_(False)
 
-    def forward(self, batch: Batch) -> AVMasterOutput:
+    @property
+    def frozen_modules(self) -> list[str]:
+        """Built modules that no active loss trains (paper Table VIII: kept, and they vote)."""
+        names = ("focus", "fusion", "decoder", "audio_pref", "audio_decoder", "visual_pref",
+                 "visual_decoder")
+        frozen = [n for n in names if getattr(self.branches, n) and not getattr(self.trained, n)]
+        if not self.trained.audio and self.proj_audio is not None:
+            frozen.append("proj_audio")
+        if not self.trained.visual and self.proj_visual is not None:
+            frozen.append("proj_visual")
+        return frozen
+
+    def _inputs(self, batch: Batch) -> tuple[Tensor | None, Tensor | None]:
+        """Projected ``audio, visual [B, T, D]``: zeros for a switched-off input (Fig. 5),
+        ``None`` where no module reads it."""
+        out = []
+        for name, proj, used in (("audio", self.proj_audio, self.branches.audio),
+                                 ("visual", self.proj_visual, self.branches.visual)):
+            x = batch[name]
+            if proj is not None:
+                out.append(proj(x))
+            elif used:
+                out.append(x.new_zeros(*x.shape[:2], self.cfg.dim))
+            else:
+                out.append(None)
+        return out[0], out[1]
+
+    def forward(self, batch: Batch, readout_step: int | None = None
+                ) -> AVMasterOutput:
+        """``readout_step``: read the focus templates out after step k of the recurrence
+        (0-based; paper Fig. 6) instead of after the last second."""
         tokens = batch["question_tokens"]
         mask = batch.get("question_mask")
         mask = tokens.new_ones(tokens.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
@@ -231,12 +285,12 @@ class AVMaster(nn.Module):
         if self.cfg.question_only:
             return AVMasterOutput(logits=self.decoder(query, words, mask, options))
 
-        audio = self.proj_audio(batch["audio"]) if self.proj_audio is not None else None
-        visual = self.proj_visual(batch["visual"]) if self.proj_visual is not None else None
+        audio, visual = self._inputs(batch)
         out = AVMasterOutput()
         if self.fusion is not None:
             if self.focus is not None:
-                focus = self.focus(audio, visual)
+                steps = None if readout_step is None else readout_step + 1
+                focus = self.focus(audio, visual, steps=steps)
                 fa, fv = focus.audio, focus.visual
                 out.audio_focus, out.visual_focus = fa, fv
                 out.focus_maps = {"audio": focus.audio_map, "visual": focus.visual_map}

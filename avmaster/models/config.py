@@ -2,15 +2,16 @@
 
 Defaults follow the paper (D=512, template length 8, attention shared between audio and visual
 with per-modality biases, all four losses with weight 1, tau=0.1, Adam 1e-4, StepLR x0.1 every
-8 epochs). Ablations of the paper's Tables VII-XII are plain field values; :data:`ABLATIONS`
-names the presets.
+8 epochs). Ablations of the paper's Tables VII-XI are plain field values that the YAML presets in
+``configs/ablations/`` set; the inference-time variants (Tables XII, XIII, Fig. 6) are
+:class:`InferenceConfig` values (``configs/variants/``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
 Share = Literal["none", "attention", "bias", "both"]
@@ -38,6 +39,9 @@ class ModelConfig:
       global preference activation path (Eq. 4) with its decoder, its loss and its term in L_c.
       Both off = w/o AVPE = w/o GPAP.
     - ``question_only``: a reference that sees only the question (token + sentence features).
+    - ``use_audio`` / ``use_visual`` (Fig. 5, A+Q and V+Q): off = that modality's projected
+      sequence is all zeros (no information; every other module is kept, so the figure measures
+      the input, not the capacity); its preference branch must be off too.
     - ``share``: which focus-capture weights audio and visual share (paper Table X): ``none``,
       ``attention`` (SAB/CAB blocks, default), ``bias`` (the learned bias), ``both``.
     - ``ff_mult``: FFN hidden width = ``ff_mult * dim`` in every transformer block.
@@ -55,6 +59,8 @@ class ModelConfig:
     audio_preference: bool = True
     visual_preference: bool = True
     question_only: bool = False
+    use_audio: bool = True
+    use_visual: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,6 +73,13 @@ class ModelConfig:
         for name in ("dim", "heads", "ff_mult", "template_len", "decoder_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1")
+        if not (self.use_audio or self.use_visual):
+            raise ValueError("model: use_audio=false and use_visual=false leave no input; use "
+                             "question_only=true for a question-only model")
+        for modality in ("audio", "visual"):
+            if not getattr(self, f"use_{modality}") and getattr(self, f"{modality}_preference"):
+                raise ValueError(f"model: use_{modality}=false needs "
+                                 f"{modality}_preference=false (its branch would see no input)")
         if not (self.question_only or self.use_tdpp or self.has_preference):
             raise ValueError("model: use_tdpp=false needs audio_preference or visual_preference")
 
@@ -87,8 +100,10 @@ class ModelConfig:
 class LossConfig:
     """Weights of L = qa*L_qa + visual*L_v^p + audio*L_a^p + contrastive*L_c, and L_c's tau.
 
-    A weight of 0 switches its loss off (w/o DPCL: ``contrastive=0``); the model then omits the
-    modules that only that loss would train (a decoder with no answer loss does not vote).
+    A weight of 0 switches its loss off (w/o DPCL: ``contrastive=0``; Table VIII's subsets). As
+    in the paper, this changes no module: every decoder the model switches build is kept and
+    votes at inference; the modules that no active loss reaches are frozen at their random
+    initialisation (see :func:`~avmaster.models.avmaster.resolve_branches`).
     """
 
     qa: float = 1.0
@@ -108,30 +123,41 @@ class OptimConfig:
     lr_gamma: float = 0.1
 
 
-ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
-    "full": {},
-    "wo_avfc": {"model": {"use_focus": False}},
-    "wo_dpcl": {"loss": {"contrastive": 0.0}},
-    "wo_gpap": {"model": {"audio_preference": False, "visual_preference": False}},
-    "wo_tdpp": {"model": {"use_tdpp": False, "use_focus": False}},
-    # w/o all: no AVFC, no GPAP, no L_c; key fusion over mean-pooled features + its decoder.
-    "wo_all": {
-        "model": {"use_focus": False, "audio_preference": False, "visual_preference": False},
-        "loss": {"contrastive": 0.0},
-    },
-    "wo_ape": {"model": {"audio_preference": False}},
-    "wo_vpe": {"model": {"visual_preference": False}},
-    "wo_avpe": {"model": {"audio_preference": False, "visual_preference": False}},
-    "question_only": {"model": {"question_only": True}},
-    # Table VIII: subsets of the four losses
-    "loss_qa": {"loss": {"audio": 0.0, "visual": 0.0, "contrastive": 0.0}},
-    "loss_qa_c": {"loss": {"audio": 0.0, "visual": 0.0}},
-    "loss_qa_c_a": {"loss": {"visual": 0.0}},
-    "loss_qa_c_v": {"loss": {"audio": 0.0}},
-    "loss_qa_a_v": {"loss": {"contrastive": 0.0}},
-}
-"""Paper ablations as overrides of the ``model`` / ``loss`` sections (Tables VII, VIII, XII);
-template length and sharing (Tables IX, X) are single ``model`` fields."""
+Combine = Literal["add", "mul", "w_add"]
+COMBINE_RULES: tuple[str, ...] = ("add", "mul", "w_add")
+PATH_NAMES: tuple[str, ...] = ("tdpp", "audio", "visual")
+
+
+@dataclass
+class InferenceConfig:
+    """How a trained model answers (no effect on training; paper Tables XII, XIII, Fig. 6).
+
+    - ``combine``: how the paths' softmaxes become one distribution (Table XIII): ``add`` (the
+      paper's default), ``mul`` (element-wise product), ``w_add`` (weighted sum, weights from
+      each path's own accuracy; see :mod:`avmaster.models.combine`).
+    - ``drop``: paths whose vote is left out (Table XII): ``audio`` (w/o APE), ``visual``
+      (w/o VPE), both (w/o AVPE); ``tdpp`` is accepted too.
+    - ``readout_step``: read the focus templates out after step k (0-based) of the recurrence
+      instead of after the last second (Fig. 6); ``None`` = after the last.
+    - ``weights``: per-path weights for ``w_add`` (``{path: weight}``); filled in by
+      ``avmaster eval`` from each path's accuracy when empty.
+    """
+
+    combine: Combine = "add"
+    drop: list[str] = field(default_factory=list)
+    readout_step: int | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.combine not in COMBINE_RULES:
+            raise ValueError(f"inference.combine must be one of {COMBINE_RULES}, "
+                             f"got {self.combine!r}")
+        for name in (*self.drop, *self.weights):
+            if name not in PATH_NAMES:
+                raise ValueError(f"inference: unknown path {name!r}; paths are {PATH_NAMES}")
+        if self.readout_step is not None and self.readout_step < 0:
+            raise ValueError("inference.readout_step must be >= 0 (or null for the last step)")
+
 
 T = TypeVar("T")
 
@@ -156,15 +182,3 @@ def to_dataclass(cls: type[T], value: Any) -> T:
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
     return cls(**dict(value))
-
-
-def ablation(
-    name: str, model: ModelConfig | None = None, loss: LossConfig | None = None
-) -> tuple[ModelConfig, LossConfig]:
-    """Apply the preset ``name`` of :data:`ABLATIONS` to ``model`` / ``loss`` (defaults)."""
-    if name not in ABLATIONS:
-        raise ValueError(f"unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
-    preset = ABLATIONS[name]
-    model = dataclasses.replace(model or ModelConfig(), **preset.get("model", {}))
-    loss = dataclasses.replace(loss or LossConfig(), **preset.get("loss", {}))
-    return model, loss

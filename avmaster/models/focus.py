@@ -111,8 +111,11 @@ class FocusCapture(nn.Module):
         self.steps = nn.ModuleList(FocusStep(dim, heads, ff_mult) for _ in range(n_steps))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, audio: Tensor, visual: Tensor) -> FocusOutput:
-        """``audio, visual [B, T, D]`` (projected) -> :class:`FocusOutput`."""
+    def forward(self, audio: Tensor, visual: Tensor, steps: int | None = None) -> FocusOutput:
+        """``audio, visual [B, T, D]`` (projected) -> :class:`FocusOutput`; ``steps``: stop
+        the recurrence after the first ``steps`` seconds (templates read out early, Fig. 6)."""
+        if steps is not None:
+            audio, visual = audio[:, :steps], visual[:, :steps]
         b = audio.shape[0]
         audio, visual = self.drop(audio), self.drop(visual)
         bias = self.bias.expand(2, -1, -1)
