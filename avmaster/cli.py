@@ -1,4 +1,4 @@
-"""The ``avmaster`` command: train, eval, score, extract, demo, predict, explain, config."""
+"""The ``avmaster`` command: train, eval, probe, score, extract, demo, predict, explain, config."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ USAGE = """avmaster <command> [options]
 commands:
   train    [--config FILE] [data=NAME] [ablation=NAME] [key=value ...]   train AV-Master
   eval     ckpt=FILE [data=NAME] [key=value ...]                 per-type table of a checkpoint
+  probe    ckpt=FILE [data=NAME] [--probes P1,P2] [key=value ...]   uses order, audio, vision?
   score    --predictions FILE --annotations FILE [...]            score a predictions file
   extract  --videos DIR --annotations FILE ... --out DIR         features to HDF5 (see --help)
   demo     [--out DIR] [--quick]                    synthetic data -> extract -> train -> eval
@@ -48,6 +49,33 @@ def cmd_eval(argv: Sequence[str]) -> int:
 
     cfg = load_config(*_config_args(argv, "eval"))
     evaluate(cfg)
+    return 0
+
+
+def cmd_probe(argv: Sequence[str]) -> int:
+    from avmaster.config import ConfigError, load_config
+    from avmaster.probe import PROBES, probe_checkpoint, summary
+
+    p = argparse.ArgumentParser(prog="avmaster probe", description=(
+        "Per-type accuracy of a checkpoint on the test split under controlled input changes "
+        "(time reversed or shuffled, audio or visual swapped with another video's, silenced "
+        "or blanked, question only), next to the unchanged input. Overrides are key=value."))
+    p.add_argument("--config", default=None, help="YAML file (default configs/avmaster.yaml)")
+    p.add_argument("--probes", default=",".join(PROBES), metavar="P1,P2",
+                   help="comma-separated probes to run (default all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffles and swaps")
+    p.add_argument("--out", default=None,
+                   help="write OUT.json/.md/.png (default <run dir>/probe_<data>)")
+    p.add_argument("overrides", nargs="*", help="key=value")
+    a = p.parse_args(argv)
+    cfg = load_config(a.config, a.overrides)
+    try:
+        report, files = probe_checkpoint(cfg, a.probes.split(","), a.seed, a.out)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(report.markdown())
+    print(summary(report))
+    print(f"written: {', '.join(str(f) for f in files.values())}")
     return 0
 
 
@@ -109,6 +137,7 @@ def _delegate(module: str) -> Callable[[Sequence[str]], int]:
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
+    "probe": cmd_probe,
     "score": cmd_score,
     "config": cmd_config,
     "extract": _delegate("avmaster.extract.runner"),

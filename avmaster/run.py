@@ -164,18 +164,24 @@ def train(cfg: Config) -> TrainResult:
     return TrainResult(best, checkpoint.last_model_path, results)
 
 
+def load_checkpoint(cfg: Config, ckpt: str | None, purpose: str
+                    ) -> tuple[AVMasterModule, AVQADataModule]:
+    """The module of ``ckpt`` and a datamodule of ``cfg.data`` with the checkpoint's answers."""
+    if not ckpt:
+        raise ValueError(f"{purpose} needs a checkpoint: pass ckpt=path/to/file.ckpt")
+    if not Path(ckpt).exists():
+        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+    module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
+    return module, build_datamodule(cfg, answers=module.hparams.get("answers"))
+
+
 def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
              ) -> dict[str, float]:
     """Per-type accuracy of a checkpoint on ``data.test``; writes ``results.json``/``.md`` and,
     with ``save_predictions``, ``predictions.jsonl`` (question id, answer, top-5) in the run
     folder. Returns the table (percent)."""
     ckpt = ckpt or cfg.ckpt
-    if not ckpt:
-        raise ValueError("evaluation needs a checkpoint: pass ckpt=path/to/file.ckpt")
-    if not Path(ckpt).exists():
-        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
-    module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
-    dm = build_datamodule(cfg, answers=module.hparams.get("answers"))
+    module, dm = load_checkpoint(cfg, ckpt, "evaluation")
     trainer = build_trainer(cfg, logs=trainer_logs)
     logged = trainer.test(module, datamodule=dm, verbose=False)[0]
     columns = [c for c, _ in dm.spec.columns]
