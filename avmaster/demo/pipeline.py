@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from avmaster.demo.synth import SynthConfig, SynthDataset, write_dataset
+from avmaster.demo.scene import SynthConfig
+from avmaster.demo.synth import SynthDataset, write_dataset
 from avmaster.io import atomic_write_text
 
 log = logging.getLogger(__name__)
