@@ -118,7 +118,10 @@ def load_config(config: str | Path | None = None, overrides: Sequence[str] = ())
             dotted.append(item)
     if dotted:
         cfg = _merge(cfg, OmegaConf.from_dotlist(dotted), "command line")
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except ValueError as e:  # a section's own checks (e.g. ModelConfig.validate)
+        raise ConfigError(f"{path} with {' '.join(overrides) or 'no overrides'}: {e}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from avmaster.data.dataset import Batch, QADataset
+from avmaster.data.records import QARecord
 from avmaster.data.store import VideoFeatures
 from avmaster.io import atomic_write_text
 from avmaster.metrics import GroupedAccuracy, TableSpec
@@ -191,6 +192,17 @@ class ProbeReport:
     changed: dict[str, dict[str, float]]
     counts: dict[str, int]
     meta: dict[str, Any] = field(default_factory=dict)
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)  # probe -> answer index
+    labels: np.ndarray | None = None
+    subsets: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> probe -> %
+    subset_counts: dict[str, int] = field(default_factory=dict)
+
+    def subset_accuracy(self, mask: np.ndarray) -> dict[str, float]:
+        """Accuracy (%) per probe on the questions selected by the boolean ``mask``."""
+        if self.labels is None or not mask.any():
+            return {n: float("nan") for n in self.accuracy}
+        return {n: 100.0 * float((p[mask] == self.labels[mask]).mean())
+                for n, p in self.predictions.items()}
 
     def delta(self, probe: str, column: str = "avg") -> float:
         """Accuracy of ``probe`` minus the unchanged input's, in points."""
@@ -198,16 +210,25 @@ class ProbeReport:
 
     def markdown(self) -> str:
         changed = {n: v for n, v in self.changed.items() if n != ORIGINAL}
-        return (f"Accuracy (%) per question type under each probe:\n\n"
+        text = (f"Accuracy (%) per question type under each probe:\n\n"
                 f"{self.spec.markdown(self.accuracy)}\n\n"
                 f"Answers changed vs the unchanged input (%):\n\n"
                 f"{self.spec.markdown(changed)}\n")
+        if self.subsets:
+            names = list(self.accuracy)
+            lines = ["| questions | n | " + " | ".join(names) + " |",
+                     "|---" * (len(names) + 2) + "|"]
+            for sub, acc in self.subsets.items():
+                cells = " | ".join(f"{acc[n]:.2f}" for n in names)
+                lines.append(f"| {sub} | {self.subset_counts[sub]} | {cells} |")
+            text += "\nAccuracy (%) on selected questions:\n\n" + "\n".join(lines) + "\n"
+        return text
 
     def to_json(self) -> dict[str, Any]:
         return {"table": self.spec.name, "columns": [c for c, _ in self.spec.columns],
                 "probes": {n: PROBES[n][0] for n in self.accuracy},
                 "accuracy": self.accuracy, "changed": self.changed, "counts": self.counts,
-                "meta": self.meta}
+                "subsets": self.subsets, "subset_counts": self.subset_counts, "meta": self.meta}
 
 
 def _predict(trainer: Any, module: Any, loader: DataLoader, n: int) -> np.ndarray:
@@ -226,9 +247,11 @@ def _table(spec: TableSpec, pred: np.ndarray, target: np.ndarray, groups: np.nda
 
 def run_probes(module: Any, ds: QADataset, spec: TableSpec, trainer: Any,
                probes: Sequence[str] = tuple(PROBES), seed: int = 0, batch_size: int = 128,
-               num_workers: int = 0) -> ProbeReport:
+               num_workers: int = 0, subsets: Mapping[str, Callable[[QARecord], bool]] | None
+               = None) -> ProbeReport:
     """Predict ``ds`` under every probe with ``trainer.predict`` (Lightning's loop) and tabulate
-    accuracy and changed answers per type."""
+    accuracy and changed answers per type; ``subsets`` names extra rows: the questions whose
+    record a predicate selects."""
     names = check_probes(probes)
     if getattr(trainer, "world_size", 1) > 1:
         raise ValueError("probes run in one process: pass trainer.devices=1")
@@ -236,10 +259,11 @@ def run_probes(module: Any, ds: QADataset, spec: TableSpec, trainer: Any,
     accuracy: dict[str, dict[str, float]] = {}
     changed: dict[str, dict[str, float]] = {}
     reference = None
+    predictions: dict[str, np.ndarray] = {}
     for name in names:
         loader = DataLoader(ProbedDataset(ds, name, inputs), batch_size=batch_size,
                             shuffle=False, num_workers=num_workers, collate_fn=_identity)
-        pred = _predict(trainer, module, loader, len(ds))
+        pred = predictions[name] = _predict(trainer, module, loader, len(ds))
         accuracy[name] = _table(spec, pred, ds.labels, ds.groups)
         if reference is None:
             reference = pred
@@ -249,7 +273,12 @@ def run_probes(module: Any, ds: QADataset, spec: TableSpec, trainer: Any,
                  accuracy[name]["avg"], changed[name]["avg"])
     counts = spec.counts(np.bincount(ds.groups, minlength=len(spec.groups)).tolist())
     meta = {"seed": seed, "empty_inputs": inputs.empty_source}
-    return ProbeReport(spec, accuracy, changed, counts, meta)
+    report = ProbeReport(spec, accuracy, changed, counts, meta, predictions, ds.labels)
+    for sub, keep in (subsets or {}).items():
+        mask = np.array([bool(keep(r)) for r in ds.records], dtype=bool)
+        report.subsets[sub] = report.subset_accuracy(mask)
+        report.subset_counts[sub] = int(mask.sum())
+    return report
 
 
 def _identity(batch: Batch) -> Batch:
@@ -283,7 +312,9 @@ def write_probe_report(path: Path | str, report: ProbeReport, title: str = ""
 
 
 def probe_checkpoint(cfg: Any, probes: Sequence[str] = tuple(PROBES), seed: int = 0,
-                     out: Path | str | None = None) -> tuple[ProbeReport, dict[str, Path]]:
+                     out: Path | str | None = None,
+                     subsets: Mapping[str, Callable[[QARecord], bool]] | None = None
+                     ) -> tuple[ProbeReport, dict[str, Path]]:
     """Load ``cfg.ckpt``, run the probes on ``cfg.data``'s test split and write the report
     (default ``<run_dir>/probe_<data>.{json,md,png}``)."""
     from avmaster.run import build_trainer, load_checkpoint
@@ -293,7 +324,7 @@ def probe_checkpoint(cfg: Any, probes: Sequence[str] = tuple(PROBES), seed: int 
     ds = dm.dataset("test")
     trainer = build_trainer(cfg, logs=False)
     report = run_probes(module, ds, dm.spec, trainer, probes, seed, cfg.data.eval_batch_size,
-                        cfg.data.num_workers)
+                        cfg.data.num_workers, subsets)
     report.meta.update({"checkpoint": str(ckpt), "data": cfg.data.name})
     files = write_probe_report(out or cfg.run_dir / f"probe_{cfg.data.name}", report,
                                f"{Path(ckpt).name} on {cfg.data.name}")

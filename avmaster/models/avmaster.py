@@ -25,8 +25,9 @@ while some active loss reads it (e.g. ``L_qa + L_c``: GPAP branches are trained 
 have no decoder). Every built parameter therefore receives a gradient, which also keeps DDP
 without ``find_unused_parameters`` working.
 
-No positional encodings are used: temporal order reaches the answer only through the AVFC
-recurrence. No learned modality weights exist: the paths are combined by summing softmaxes.
+No positional encodings are used (unless ``time_embedding`` asks for one, an option outside the
+paper): temporal order reaches the answer only through the AVFC recurrence. No learned modality
+weights exist: the paths are combined by summing softmaxes.
 
 Multiple choice (``multiple_choice=True``): every decoder scores the K options of
 ``batch["options"]`` with an :class:`~avmaster.models.decoders.OptionHead` instead of the C
@@ -45,9 +46,10 @@ from torch import Tensor, nn
 
 from avmaster.models.config import FeatureDims, LossConfig, ModelConfig, to_dataclass
 from avmaster.models.decoders import PathDecoder
-from avmaster.models.focus import FocusCapture
+from avmaster.models.focus import FocusCapture, FocusOutput
 from avmaster.models.fusion import KeyFusion
 from avmaster.models.preference import PreferenceActivation
+from avmaster.models.time_embedding import TimeEmbedding
 
 DIM_ALIASES = {"question": "text", "word": "text", "words": "text"}
 
@@ -200,6 +202,7 @@ class AVMaster(nn.Module):
             else None
         )
         self.fusion = KeyFusion(dim, heads, ff, drop) if paths.fusion else None
+        self.time = TimeEmbedding() if cfg.time_embedding != "none" else None
         self.decoder = decoder() if paths.decoder else None
 
         def preference() -> PreferenceActivation:
@@ -224,12 +227,13 @@ class AVMaster(nn.Module):
         if self.cfg.question_only:
             return AVMasterOutput(logits=self.decoder(query, words, mask, options))
 
-        audio = self.proj_audio(batch["audio"]) if self.proj_audio is not None else None
-        visual = self.proj_visual(batch["visual"]) if self.proj_visual is not None else None
+        audio, visual = self.project(batch)
+        if self.time is not None and self.cfg.time_embedding == "all":
+            audio, visual = self.time(audio), self.time(visual)
         out = AVMasterOutput()
         if self.fusion is not None:
             if self.focus is not None:
-                focus = self.focus(audio, visual)
+                focus = self.capture(audio, visual)
                 fa, fv = focus.audio, focus.visual
                 out.audio_focus, out.visual_focus = fa, fv
                 out.focus_maps = {"audio": focus.audio_map, "visual": focus.visual_map}
@@ -250,6 +254,19 @@ class AVMaster(nn.Module):
                     query, out.visual_preference, None, options
                 )
         return out
+
+    def project(self, batch: Mapping[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        """The audio and visual features projected to D (``None`` where no path reads them)."""
+        audio = self.proj_audio(batch["audio"]) if self.proj_audio is not None else None
+        visual = self.proj_visual(batch["visual"]) if self.proj_visual is not None else None
+        return audio, visual
+
+    def capture(self, audio: Tensor, visual: Tensor) -> FocusOutput:
+        """AVFC (Eq. 2) over projected features; with ``time_embedding=focus`` its input carries
+        each second's index."""
+        if self.time is not None and self.cfg.time_embedding == "focus":
+            audio, visual = self.time(audio), self.time(visual)
+        return self.focus(audio, visual)
 
     def compile_blocks(self, **kwargs: Any) -> None:
         """``torch.compile`` each block in place (regional compilation): the focus step is
