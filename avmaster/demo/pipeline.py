@@ -246,7 +246,7 @@ def write_report(out: Path, settings: DemoSettings, accuracy: dict[str, dict[str
     import pandas as pd
 
     from avmaster import reports
-    from avmaster.metrics import get_table
+    from avmaster.data.tables import get_table
 
     spec = get_table(TABLE)
     folder = out / "results"
