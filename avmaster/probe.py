@@ -41,8 +41,9 @@ from torch.utils.data import DataLoader, Dataset
 from avmaster.data.dataset import Batch, QADataset
 from avmaster.data.records import QARecord
 from avmaster.data.store import VideoFeatures
+from avmaster.data.tables import TableSpec
 from avmaster.io import atomic_write_text
-from avmaster.metrics import GroupedAccuracy, TableSpec
+from avmaster.metrics import GroupedAccuracy
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from avmaster.data.store import (
     write_text_features,
     write_video_features,
 )
+from avmaster.data.tables import get_table
 from avmaster.data.vocab import AnswerVocab
 from avmaster.lightning_module import AVMasterModule, build_optimizer
-from avmaster.metrics import get_table
 from avmaster.models import ModelConfig, OptimConfig, ablation
 from avmaster.probe import (
     ORIGINAL,
