@@ -195,7 +195,7 @@ def test_reversal_probe_catches_an_order_sensitive_model(tmp_path) -> None:
     assert "reversed" in files["md"].read_text()
 
 
-def test_probe_command(tmp_path, fixtures, capsys) -> None:
+def test_probe_command_and_notebook(tmp_path, fixtures, capsys, monkeypatch) -> None:
     from test_train_eval import TINY
 
     records = load_annotations(fixtures / "music_avqa_test_sample.json").records
@@ -219,3 +219,12 @@ def test_probe_command(tmp_path, fixtures, capsys) -> None:
     assert (tmp_path / "runs" / "tiny" / "probe_music_avqa.png").exists()
     assert main(["probe", "--probes", "backwards", *overrides, f"ckpt={ckpt}"]) == 2
     assert "unknown probe 'backwards'" in capsys.readouterr().err
+    # the notebook probes the same checkpoint live and shows every report it finds
+    from test_notebooks import assert_clean, outputs, run_notebook
+
+    monkeypatch.setenv("AVMASTER_PROBE_CKPT", str(ckpt))
+    monkeypatch.setenv("AVMASTER_PROBE_OVERRIDES", " ".join(overrides))
+    nb = run_notebook("probes.ipynb", tmp_path / "runs", monkeypatch, tmp_path)
+    assert_clean(nb)
+    assert any("audio_swapped" in m for m in outputs(nb, "text/markdown"))
+    assert len(outputs(nb, "image/png")) == 1 and outputs(nb, "text/html")
