@@ -64,13 +64,16 @@ def cmd_probe(argv: Sequence[str]) -> int:
     p.add_argument("--probes", default=",".join(PROBES), metavar="P1,P2",
                    help="comma-separated probes to run (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffles and swaps")
+    p.add_argument("--per-template", action="store_true",
+                   help="also one row per question template (accuracy under each probe)")
     p.add_argument("--out", default=None,
                    help="write OUT.json/.md/.png (default <run dir>/probe_<data>)")
     p.add_argument("overrides", nargs="*", help="key=value")
     a = p.parse_args(argv)
     cfg = load_config(a.config, a.overrides)
     try:
-        report, files = probe_checkpoint(cfg, a.probes.split(","), a.seed, a.out)
+        report, files = probe_checkpoint(cfg, a.probes.split(","), a.seed, a.out,
+                                         per_template=a.per_template)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     print(report.markdown())

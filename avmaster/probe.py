@@ -249,10 +249,10 @@ def _table(spec: TableSpec, pred: np.ndarray, target: np.ndarray, groups: np.nda
 def run_probes(module: Any, ds: QADataset, spec: TableSpec, trainer: Any,
                probes: Sequence[str] = tuple(PROBES), seed: int = 0, batch_size: int = 128,
                num_workers: int = 0, subsets: Mapping[str, Callable[[QARecord], bool]] | None
-               = None) -> ProbeReport:
+               = None, per_template: bool = False) -> ProbeReport:
     """Predict ``ds`` under every probe with ``trainer.predict`` (Lightning's loop) and tabulate
     accuracy and changed answers per type; ``subsets`` names extra rows: the questions whose
-    record a predicate selects."""
+    record a predicate selects; ``per_template`` adds one row per question template."""
     names = check_probes(probes)
     if getattr(trainer, "world_size", 1) > 1:
         raise ValueError("probes run in one process: pass trainer.devices=1")
@@ -275,7 +275,11 @@ def run_probes(module: Any, ds: QADataset, spec: TableSpec, trainer: Any,
     counts = spec.counts(np.bincount(ds.groups, minlength=len(spec.groups)).tolist())
     meta = {"seed": seed, "empty_inputs": inputs.empty_source}
     report = ProbeReport(spec, accuracy, changed, counts, meta, predictions, ds.labels)
-    for sub, keep in (subsets or {}).items():
+    subsets = dict(subsets or {})
+    if per_template:
+        for t in sorted({r.template for r in ds.records if r.template}):
+            subsets[t] = lambda r, t=t: r.template == t
+    for sub, keep in subsets.items():
         mask = np.array([bool(keep(r)) for r in ds.records], dtype=bool)
         report.subsets[sub] = report.subset_accuracy(mask)
         report.subset_counts[sub] = int(mask.sum())
@@ -314,8 +318,8 @@ def write_probe_report(path: Path | str, report: ProbeReport, title: str = ""
 
 def probe_checkpoint(cfg: Any, probes: Sequence[str] = tuple(PROBES), seed: int = 0,
                      out: Path | str | None = None,
-                     subsets: Mapping[str, Callable[[QARecord], bool]] | None = None
-                     ) -> tuple[ProbeReport, dict[str, Path]]:
+                     subsets: Mapping[str, Callable[[QARecord], bool]] | None = None,
+                     per_template: bool = False) -> tuple[ProbeReport, dict[str, Path]]:
     """Load ``cfg.ckpt``, run the probes on ``cfg.data``'s test split and write the report
     (default ``<run_dir>/probe_<data>.{json,md,png}``)."""
     from avmaster.run import build_trainer, load_checkpoint
@@ -325,7 +329,7 @@ def probe_checkpoint(cfg: Any, probes: Sequence[str] = tuple(PROBES), seed: int 
     ds = dm.dataset("test")
     trainer = build_trainer(cfg, logs=False)
     report = run_probes(module, ds, dm.spec, trainer, probes, seed, cfg.data.eval_batch_size,
-                        cfg.data.num_workers, subsets)
+                        cfg.data.num_workers, subsets, per_template)
     report.meta.update({"checkpoint": str(ckpt), "data": cfg.data.name})
     files = write_probe_report(out or cfg.run_dir / f"probe_{cfg.data.name}", report,
                                f"{Path(ckpt).name} on {cfg.data.name}")

@@ -212,10 +212,11 @@ def test_probe_command_and_notebook(tmp_path, fixtures, capsys, monkeypatch) -> 
     assert main(["train", *overrides]) == 0
     ckpt = tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt"
     capsys.readouterr()
-    assert main(["probe", "--probes", "reversed,question_only", *overrides,
+    assert main(["probe", "--probes", "reversed,question_only", "--per-template", *overrides,
                  f"ckpt={ckpt}"]) == 0
     out = capsys.readouterr().out
     assert "question_only" in out and "answers changed" in out
+    assert "| Is the <Object> in the video always playing? | " in out  # a template's row
     assert (tmp_path / "runs" / "tiny" / "probe_music_avqa.png").exists()
     assert main(["probe", "--probes", "backwards", *overrides, f"ckpt={ckpt}"]) == 2
     assert "unknown probe 'backwards'" in capsys.readouterr().err
