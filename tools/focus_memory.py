@@ -76,11 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     print("| k | " + " | ".join(heads) + " |")
     print("|---" * (len(heads) + 1) + "|")
     for k in range(batch["audio"].shape[1]):
-        cells = [f"{found[n][mod][k]:.3f}" for n in found for mod in ("audio", "visual")]
+        cells = [f"{found[n][mod][k]:.2e}" for n in found for mod in ("audio", "visual")]
         print(f"| {k} | " + " | ".join(cells) + " |")
     for n, res in found.items():
         for mod, v in res.items():
-            print(f"{n} {mod}: first second / last second = {v[0] / max(v[-1], 1e-12):.3f}")
+            print(f"{n} {mod}: first second / last second = {v[0] / max(v[-1], 1e-12):.3g}")
+    with torch.no_grad():  # each step adds F^k at full scale to a layer-normed state
+        for n, m in models.items():
+            m.eval()
+            audio, visual = m.project(batch)
+            focus = m.capture(audio, visual)
+            for mod, x, f in (("audio", audio, focus.audio), ("visual", visual, focus.visual)):
+                print(f"{n} {mod}: mean norm of a projected second {x.norm(dim=-1).mean():.2f}, "
+                      f"of a focus template {f.norm(dim=-1).mean():.2f}")
     return 0
 
 
