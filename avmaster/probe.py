@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from avmaster.atomic import atomic_write_text
 from avmaster.data.dataset import Batch, QADataset
 from avmaster.data.records import QARecord
 from avmaster.data.store import VideoFeatures
 from avmaster.data.tables import TableSpec
-from avmaster.io import atomic_write_text
 from avmaster.metrics import GroupedAccuracy
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,7 @@ def probe_checkpoint(cfg: Any, probes: Sequence[str] = tuple(PROBES), seed: int 
                      per_template: bool = False) -> tuple[ProbeReport, dict[str, Path]]:
     """Load ``cfg.ckpt``, run the probes on ``cfg.data``'s test split and write the report
     (default ``<run_dir>/probe_<data>.{json,md,png}``)."""
-    from avmaster.run import build_trainer, load_checkpoint
+    from avmaster.training import build_trainer, load_checkpoint
 
     ckpt = cfg.ckpt
     module, dm = load_checkpoint(cfg, ckpt, "probing")

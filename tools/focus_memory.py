@@ -23,7 +23,7 @@ from avmaster.config import load_config
 from avmaster.lightning_module import AVMasterModule
 from avmaster.models import AVMaster
 from avmaster.probe import derangement
-from avmaster.run import load_checkpoint
+from avmaster.training import load_checkpoint
 
 
 @torch.no_grad()

@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from avmaster.atomic import atomic_write_text
 from avmaster.data.records import QARecord
 from avmaster.demo.questions import ORDER_ONLY
 from avmaster.demo.scene import SynthConfig
 from avmaster.demo.synth import SynthDataset, write_dataset
-from avmaster.io import atomic_write_text
 
 if TYPE_CHECKING:
     from avmaster.probe import ProbeReport
@@ -189,7 +189,7 @@ def train_overrides(settings: DemoSettings, out: Path, files: dict[str, Path], n
 
 def _train(overrides: list[str]) -> tuple[dict[str, float], dict[str, int], Path, str]:
     from avmaster.config import load_config
-    from avmaster.run import train
+    from avmaster.training import train
 
     cfg = load_config(overrides=overrides)
     shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a fresh run, never a resumed one
