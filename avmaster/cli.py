@@ -1,4 +1,4 @@
-"""The ``avmaster`` command: train, eval, score, extract, demo, predict, explain, config."""
+"""The ``avmaster`` command: train, eval, probe, score, extract, demo, predict, explain, config."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ commands:
                                                train AV-Master (N seeds: one run each + mean)
   eval     ckpt=FILE|RUN [data=NAME] [variants=table12,table13,fig6] [key=value ...]
               per-type table of a checkpoint or run(s) (one per inference-time variant)
+  probe    ckpt=FILE [data=NAME] [--probes P1,P2] [key=value ...]   uses order, audio, vision?
   score    --predictions FILE --annotations FILE [...]            score a predictions file
   compare  A B [--annotations FILE ...]    paired comparison of two predictions files or runs
   extract  --videos DIR --annotations FILE ... --out DIR         features to HDF5 (see --help)
@@ -74,6 +75,36 @@ def cmd_eval(argv: Sequence[str]) -> int:
         evaluate_folder(cfg, Path(cfg.ckpt))
         return 0
     evaluate(cfg)
+    return 0
+
+
+def cmd_probe(argv: Sequence[str]) -> int:
+    from avmaster.config import ConfigError, load_config
+    from avmaster.probe import PROBES, probe_checkpoint, summary
+
+    p = argparse.ArgumentParser(prog="avmaster probe", description=(
+        "Per-type accuracy of a checkpoint on the test split under controlled input changes "
+        "(time reversed or shuffled, audio or visual swapped with another video's, silenced "
+        "or blanked, question only), next to the unchanged input. Overrides are key=value."))
+    p.add_argument("--config", default=None, help="YAML file (default configs/avmaster.yaml)")
+    p.add_argument("--probes", default=",".join(PROBES), metavar="P1,P2",
+                   help="comma-separated probes to run (default all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffles and swaps")
+    p.add_argument("--per-template", action="store_true",
+                   help="also one row per question template (accuracy under each probe)")
+    p.add_argument("--out", default=None,
+                   help="write OUT.json/.md/.png (default <run dir>/probe_<data>)")
+    p.add_argument("overrides", nargs="*", help="key=value")
+    a = p.parse_args(argv)
+    cfg = load_config(a.config, a.overrides)
+    try:
+        report, files = probe_checkpoint(cfg, a.probes.split(","), a.seed, a.out,
+                                         per_template=a.per_template)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    print(report.markdown())
+    print(summary(report))
+    print(f"written: {', '.join(str(f) for f in files.values())}")
     return 0
 
 
@@ -140,6 +171,7 @@ def _delegate(module: str) -> Callable[[Sequence[str]], int]:
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
+    "probe": cmd_probe,
     "score": cmd_score,
     "config": cmd_config,
     "compare": _delegate("avmaster.compare"),

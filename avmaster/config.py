@@ -247,7 +247,7 @@ def load_config(config: str | Path | None = None, overrides: Sequence[str] = ())
     try:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except ValueError as e:  # a dataclass's own check (e.g. model.use_visual without input)
-        raise ConfigError(f"config: {e}") from None
+        raise ConfigError(f"{path} with {' '.join(overrides) or 'no overrides'}: {e}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

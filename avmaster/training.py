@@ -280,6 +280,16 @@ def drop_rows_after(metrics: Path, step: int) -> int:
     return dropped
 
 
+def load_checkpoint(cfg: Config, ckpt: str | None, purpose: str
+                    ) -> tuple[AVMasterModule, AVQADataModule]:
+    """The module of ``ckpt`` and a datamodule of ``cfg.data`` with the checkpoint's answers."""
+    if not ckpt:
+        raise ValueError(f"{purpose} needs a checkpoint: pass ckpt=path/to/file.ckpt")
+    read_checkpoint(ckpt)  # one clear error for a missing or truncated file
+    module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
+    return module, build_datamodule(cfg, answers=module.hparams.get("answers"))
+
+
 def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True,
              dm: AVQADataModule | None = None) -> dict[str, float]:
     """Per-type accuracy of a checkpoint on ``data.test``; writes ``results.json``/``.md`` and,

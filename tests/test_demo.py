@@ -13,9 +13,23 @@ import pytest
 
 from avmaster.data.annotations import load_annotations
 from avmaster.data.records import MUSIC_AVQA_TYPES
-from avmaster.demo.questions import TEMPLATES, answer_balance, build_annotations, majority_accuracy
+from avmaster.demo.questions import (
+    ORDER_ONLY,
+    TEMPLATES,
+    answer_balance,
+    build_annotations,
+    majority_accuracy,
+    order_pair,
+)
 from avmaster.demo.render import render_audio, render_frames
-from avmaster.demo.scene import INSTRUMENTS, Instrument, Scene, SynthConfig, sample_scenes
+from avmaster.demo.scene import (
+    INSTRUMENTS,
+    POSITIONS,
+    Instrument,
+    Scene,
+    SynthConfig,
+    sample_scenes,
+)
 from avmaster.demo.synth import write_dataset
 
 T = 10
@@ -132,6 +146,39 @@ def test_temporal_questions():
         ("after", "piano"): "violin", ("before", "violin"): "piano"}
 
 
+def test_order_only_questions():
+    # equally loud, equally long, 3 s apart: which comes first is a matter of order only
+    order = Scene("4", T, (Instrument("piano", "left", 1, 3, 0.25),
+                           Instrument("flute", "right", 6, 8, 0.25)))
+    assert answers(order, ORDER_ONLY.text) == {
+        ("first", "piano", "flute"): "piano", ("first", "flute", "piano"): "piano",
+        ("last", "piano", "flute"): "flute", ("last", "flute", "piano"): "flute"}
+    # not asked where loudness or length would tell the two apart
+    assert answers(order.__class__("5", T, (Instrument("piano", "left", 1, 3, 0.7),
+                                            Instrument("flute", "right", 6, 8, 0.25))),
+                   ORDER_ONLY.text) == {}
+    assert answers(ORCHESTRA, ORDER_ONLY.text) == {} and answers(DUET, ORDER_ONLY.text) == {}
+
+
+def test_order_scenes_are_as_likely_backwards():
+    cfg = SynthConfig(videos=600, p_order=1.0)
+    scenes = sample_scenes(cfg)
+    left_first, starts, ends = 0, [], []
+    for s in scenes:
+        a, b = order_pair(s)
+        assert b.start - a.end >= cfg.order_gap and a.duration == b.duration
+        left_first += POSITIONS.index(a.position) < POSITIONS.index(b.position)
+        starts.append(a.start)
+        ends.append(T - b.end)
+    assert 0.45 < left_first / len(scenes) < 0.55
+    # the time-reversed scenes are as likely: the first onset and the time after the last
+    # offset have the same distribution
+    assert abs(np.mean(starts) - np.mean(ends)) < 0.15
+    entries = build_annotations(scenes[:120], cfg)
+    asked = [e for e in entries["train"] if e["question_content"] == ORDER_ONLY.text]
+    assert len(asked) > 20 and answer_balance(asked)
+
+
 def test_every_template_has_the_placeholders_it_fills():
     scenes = sample_scenes(SynthConfig(videos=60, seed=3))
     for t in TEMPLATES:
@@ -220,7 +267,7 @@ def test_audio_holds_each_instrument_at_its_pitch_when_it_sounds():
 
 
 def test_write_dataset_makes_real_videos_and_reuses_them(tmp_path):
-    cfg = SynthConfig(videos=6, seconds=4, min_duration=1, questions_per_video=2.0,
+    cfg = SynthConfig(videos=6, seconds=4, min_duration=1, order_gap=2, questions_per_video=2.0,
                       min_answer_count=1)
     ds = write_dataset(tmp_path, cfg)
     assert not ds.reused and len(list(ds.videos_dir.glob("*.mp4"))) == 6
@@ -293,6 +340,6 @@ def test_demo_command_line(tmp_path):
     one = weights_from_env(settings_from_args(["--clip-weights", str(w)]))
     assert not one.pretrained and "only CLIP" in encoder_note(one)
     ds = write_dataset(tmp_path / "data", SynthConfig(videos=3, seconds=4, min_duration=1,
-                                                      min_answer_count=1))
+                                                      order_gap=2, min_answer_count=1))
     args = extract_args(s, ds, Path(tmp_path / "features"))
     assert "--random-init" in args and args[args.index("--model") + 1] == "avmaster-tiny"

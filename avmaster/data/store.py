@@ -205,7 +205,8 @@ def read_attrs(path: Path | str) -> dict[str, Any]:
         )
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+            attrs = {k: (v.item() if getattr(v, "size", 0) == 1 else v)  # arrays stay arrays
+                     for k, v in f.attrs.items()}
     except OSError as e:
         raise FeatureStoreError(f"{path}: not a readable HDF5 file ({e}); re-extract it") from e
     version = attrs.get("schema_version")

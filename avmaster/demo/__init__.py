@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from avmaster.demo.pipeline import (
     FULL,
+    ORDER_ONLY_ROW,
     QUESTION_ONLY,
     DemoResult,
     DemoSettings,
@@ -80,10 +81,22 @@ def summary(result: DemoResult) -> str:
     verdict = ("PASS: AV-Master beats the question-only model" if result.passed else
                "FAIL: AV-Master does not beat the question-only model")
     files = ", ".join(str(p) for p in result.files.values())
-    return (f"\n{table}\n\n{verdict}: avg {full:.2f}% vs {qo:.2f}% "
-            f"(margin {result.margin:+.2f} points) in {result.timings['total_s']:.0f} s.\n"
-            + (f"{paired_note(result.paired)}.\n" if result.paired else "") +
-            f"{result.encoders}.\nwritten: {files}")
+    text = (f"\n{table}\n\n{verdict}: avg {full:.2f}% vs {qo:.2f}% "
+            f"(margin {result.margin:+.2f} points) in {result.timings['total_s']:.0f} s.\n")
+    if result.paired:
+        text += f"{paired_note(result.paired)}.\n"
+    if result.order_only:
+        text += (f"{ORDER_ONLY_ROW}: " + ", ".join(f"{m} {v:.2f}%" for m, v in
+                                                   result.order_only.items()) + "\n")
+    if result.probe is not None:
+        from avmaster.probe import summary as probe_summary
+
+        text += f"probes of {FULL} (avg over all questions):\n{probe_summary(result.probe)}\n"
+        order = result.probe.subsets.get(ORDER_ONLY_ROW)
+        if order:
+            text += ("order-only questions under the probes: "
+                     + ", ".join(f"{n} {v:.1f}%" for n, v in order.items()) + "\n")
+    return text + f"{result.encoders}.\nwritten: {files}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

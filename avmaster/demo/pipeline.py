@@ -19,11 +19,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from avmaster.atomic import atomic_write_text
+from avmaster.data.records import QARecord
+from avmaster.demo.questions import ORDER_ONLY
 from avmaster.demo.scene import SynthConfig
 from avmaster.demo.synth import SynthDataset, write_dataset
+
+if TYPE_CHECKING:
+    from avmaster.probe import ProbeReport
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,7 @@ TABLE = "music_avqa"
 FULL, QUESTION_ONLY = "AV-Master", "question only"
 RUNS = {FULL: ("avmaster", None), QUESTION_ONLY: ("question_only", "question_only")}
 RESULTS_NAME = "demo"
+ORDER_ONLY_ROW = "order-only (first/last; order-blind ceiling 50 %)"
 ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}
 
 
@@ -93,6 +99,8 @@ class DemoResult:
     files: dict[str, Path]
     timings: dict[str, float]
     paired: dict[str, Any] | None = None  # avmaster compare of the two runs, column avg
+    order_only: dict[str, float] = field(default_factory=dict)  # method -> % on those questions
+    probe: ProbeReport | None = None  # the probes of the AV-Master checkpoint
 
     @property
     def passed(self) -> bool:
@@ -180,7 +188,7 @@ def train_overrides(settings: DemoSettings, out: Path, files: dict[str, Path], n
     return overrides
 
 
-def _train(overrides: list[str]) -> tuple[dict[str, float], dict[str, int], Path]:
+def _train(overrides: list[str]) -> tuple[dict[str, float], dict[str, int], Path, str]:
     from avmaster.config import load_config
     from avmaster.training import train
 
@@ -191,12 +199,47 @@ def _train(overrides: list[str]) -> tuple[dict[str, float], dict[str, int], Path
         raise RuntimeError(f"{cfg.run_dir}: training evaluated no test set")
     results = cfg.run_dir / f"results_{cfg.data.name}.json"
     counts = json.loads(results.read_text()).get("counts", {}) if results.exists() else {}
-    return result.test, counts, results
+    return result.test, counts, results, result.best_ckpt
+
+
+def order_only_accuracy(predictions: Path, annotations: Path) -> tuple[float, int]:
+    """Accuracy (%) and count of the order-only questions (:data:`ORDER_ONLY`) of a test
+    annotation file, from an ``avmaster eval`` predictions file."""
+    answers = {str(e["question_id"]): e["anser"] for e in json.loads(annotations.read_text())
+               if e["question_content"] == ORDER_ONLY.text}
+    predicted = {}
+    with open(predictions) as f:
+        for line in f:
+            row = json.loads(line)
+            predicted[str(row["question_id"])] = row["answer"]
+    missing = [q for q in answers if q not in predicted]
+    if missing:
+        raise RuntimeError(f"{predictions}: no prediction for {len(missing)} order-only "
+                           f"questions (first: {missing[0]})")
+    hits = sum(predicted[q] == a for q, a in answers.items())
+    return (100.0 * hits / len(answers) if answers else float("nan")), len(answers)
+
+
+def is_order_only(record: QARecord) -> bool:
+    return record.template == ORDER_ONLY.text
+
+
+def probe_demo(overrides: list[str], ckpt: str, out: Path, seed: int
+               ) -> tuple[ProbeReport, dict[str, Path]]:
+    """Every probe on the AV-Master checkpoint, with the order-only questions as their own row:
+    ``results/demo_probe.{json,md,png}``."""
+    from avmaster.config import load_config
+    from avmaster.probe import probe_checkpoint
+
+    cfg = load_config(overrides=[*overrides, f"ckpt={ckpt}"])
+    return probe_checkpoint(cfg, seed=seed, out=out / "results" / f"{RESULTS_NAME}_probe",
+                            subsets={ORDER_ONLY_ROW: is_order_only, "all": lambda r: True})
 
 
 def write_report(out: Path, settings: DemoSettings, accuracy: dict[str, dict[str, float]],
-                 counts: dict[str, int], margin: float, meta: dict[str, Any]
-                 ) -> dict[str, Path]:
+                 counts: dict[str, int], margin: float, meta: dict[str, Any],
+                 order_only: dict[str, float] | None = None,
+                 probe: ProbeReport | None = None) -> dict[str, Path]:
     """``results/demo.json`` (both rows), ``demo.md`` (table + margin) and ``demo.png``."""
     import matplotlib
 
@@ -216,12 +259,22 @@ def write_report(out: Path, settings: DemoSettings, accuracy: dict[str, dict[str
     intervals = intervals_of(accuracy, counts)
     payload = {"table": spec.name, "columns": cols, "rows": accuracy, "counts": counts,
                "intervals": intervals, "interval_method": f"{INTERVAL_METHOD}, {LEVEL:.0%}",
+               "order_only": order_only or {},
                "meta": {"data": DATA_PRESET, "margin": margin, **meta}}
+    if probe is not None:
+        payload["probe"] = {"accuracy": probe.accuracy, "changed": probe.changed,
+                            "subsets": probe.subsets, "subset_counts": probe.subset_counts}
     atomic_write_text(js, json.dumps(payload, indent=2) + "\n")
     table = spec.markdown(accuracy, intervals, counts)
-    atomic_write_text(md, f"# AV-Master demo (synthetic data)\n\n{table}\n\n"
-                          f"Margin (avg): {margin:+.2f} points; {paired_note(meta['paired_avg'])}."
-                          f" {meta['encoders']}.\n")
+    text = (f"# AV-Master demo (synthetic data)\n\n{table}\n\n"
+            f"Margin (avg): {margin:+.2f} points; {paired_note(meta['paired_avg'])}."
+            f" {meta['encoders']}.\n")
+    if order_only:
+        text += (f"\n{ORDER_ONLY_ROW}, {meta.get('order_only_count', '?')} questions: "
+                 + ", ".join(f"{m} {v:.2f}%" for m, v in order_only.items()) + "\n")
+    if probe is not None:
+        text += f"\n## Probes of the AV-Master checkpoint\n\n{probe.markdown()}"
+    atomic_write_text(md, text)
     frame = pd.DataFrame({m: [acc.get(c, float("nan")) for c in cols]
                           for m, acc in accuracy.items()}, index=cols)
     fig = reports.plot(frame, f"Synthetic demo: AV-Master vs question only "
@@ -271,15 +324,27 @@ def run_demo(settings: DemoSettings | None = None,
     counts: dict[str, int] = {}
     sources: list[str] = []
     run_dirs: list[Path] = []
+    order_only: dict[str, float] = {}
+    n_order = 0
+    probe = None
     for method, (name, ablation) in RUNS.items():
         t = time.monotonic()
         say(f"[demo] training {method} ({settings.epochs} epochs, dim {settings.dim})")
-        acc, cnt, results = _train(train_overrides(settings, out, files, name, ablation))
+        overrides = train_overrides(settings, out, files, name, ablation)
+        acc, cnt, results, best = _train(overrides)
         accuracy[method], counts = acc, cnt or counts
         sources.append(os.path.relpath(results, out / "results"))
         run_dirs.append(results.parent)
         timings[f"train_{name}_s"] = time.monotonic() - t
-        say(f"[demo] {method}: avg {acc['avg']:.2f}% in {timings[f'train_{name}_s']:.0f} s")
+        order_only[method], n_order = order_only_accuracy(
+            results.with_name(f"predictions_{DATA_PRESET}.jsonl"), data.annotations["test"])
+        say(f"[demo] {method}: avg {acc['avg']:.2f}%, order-only {order_only[method]:.2f}% "
+            f"({n_order} questions) in {timings[f'train_{name}_s']:.0f} s")
+        if method == FULL:
+            t = time.monotonic()
+            probe, _ = probe_demo(overrides, best, out, settings.seed)
+            timings["probe_s"] = time.monotonic() - t
+            say(f"[demo] probes of {method} in {timings['probe_s']:.0f} s")
 
     margin = accuracy[FULL]["avg"] - accuracy[QUESTION_ONLY]["avg"]
     from avmaster.compare import compare_runs
@@ -290,9 +355,10 @@ def run_demo(settings: DemoSettings | None = None,
     meta = {"encoders": note, "pretrained": settings.pretrained,
             "ablations": {FULL: "full", QUESTION_ONLY: "question_only"},
             "sources": sources, "settings": asdict(settings), "paired_avg": paired,
-            "timings_s": {k: round(v, 1) for k, v in timings.items()}}
-    report = write_report(out, settings, accuracy, counts, margin, meta)
-    return DemoResult(accuracy, counts, margin, note, report, timings, paired)
+            "timings_s": {k: round(v, 1) for k, v in timings.items()},
+            "order_only_count": n_order}
+    report = write_report(out, settings, accuracy, counts, margin, meta, order_only, probe)
+    return DemoResult(accuracy, counts, margin, note, report, timings, paired, order_only, probe)
 
 
 def paired_note(paired: dict[str, Any]) -> str:

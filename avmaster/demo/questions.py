@@ -282,6 +282,28 @@ def ask_before_after(scene: Scene, names: Sequence[str]) -> list[Candidate]:
     return out
 
 
+def order_pair(scene: Scene) -> tuple[Instrument, Instrument] | None:
+    """The two instruments of an order scene (:func:`~avmaster.demo.scene.order_scene`), in
+    order of onset: the only sounding ones, of different classes, equally loud and long."""
+    heard = scene.sounding
+    if len(heard) != 2 or len(scene.instruments) != 2:
+        return None
+    a, b = heard
+    if a.name == b.name or a.level != b.level or a.duration != b.duration or a.start == b.start:
+        return None
+    return a, b
+
+
+def ask_order_only(scene: Scene, names: Sequence[str]) -> list[Candidate]:
+    pair = order_pair(scene)
+    if pair is None:
+        return []
+    out: list[Candidate] = []
+    for fl, inst in zip(("first", "last"), pair, strict=True):
+        out += [((fl, x.name, y.name), inst.name) for x, y in (pair, pair[::-1])]
+    return out
+
+
 A, V, AV = "Audio", "Visual", "Audio-Visual"
 TEMPLATES: tuple[Template, ...] = (
     Template(A, "Counting", "Is there a <Object> sound?", ask_sound),
@@ -325,6 +347,11 @@ TEMPLATES: tuple[Template, ...] = (
     Template(AV, "Temporal", "Which instrument makes sounds <BA> the <Object>?",
              ask_before_after),
 )
+# Not a MUSIC-AVQA template: asked about order scenes only, where nothing but the order of the
+# seconds tells the answer (see :func:`order_pair`); reported apart as the order-only rows.
+ORDER_ONLY = Template(AV, "Temporal", "Which sounds <FL>, the <Object> or the <Object>?",
+                      ask_order_only)
+TEMPLATES += (ORDER_ONLY,)
 
 
 @dataclass(frozen=True)

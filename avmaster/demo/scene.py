@@ -146,6 +146,10 @@ class SynthConfig:
     p_always: float = 0.3  # an instrument sounds from the first second to the last
     p_same_onset: float = 0.3  # two instruments of one class come in together
     min_duration: int = 2  # seconds a sounding instrument lasts at least
+    # order scenes: two instruments of one loudness that play equally long, at least
+    # order_gap seconds apart, the whole timeline reversed with probability 1/2
+    p_order: float = 0.25
+    order_gap: int = 3
     levels: tuple[float, ...] = (0.08, 0.25, 0.7)  # loudness steps (amplitudes)
     dim: float = 0.3  # brightness of a silent instrument's shape
     background: tuple[int, int, int] = (128, 128, 128)  # mid grey: random encoders vary most
@@ -171,6 +175,8 @@ class SynthConfig:
             raise ValueError(f"need at least {len(POSITIONS) + 1} instrument classes")
         if self.seconds < 2 * self.min_duration:
             raise ValueError(f"seconds must be at least {2 * self.min_duration}")
+        if self.order_gap + 2 * self.min_duration > self.seconds:
+            raise ValueError(f"order_gap + 2 * min_duration must fit in {self.seconds} seconds")
         if abs(sum(self.split) - 1.0) > 1e-6 or len(self.split) != len(SPLITS):
             raise ValueError(f"split {self.split}: three shares summing to 1")
 
@@ -182,7 +188,10 @@ class SynthConfig:
 
 
 def sample_scene(video_id: str, cfg: SynthConfig, rng: np.random.Generator) -> Scene:
-    """A random scene: classes, places, sounding intervals, loudness and off-screen sound."""
+    """A random scene: classes, places, sounding intervals, loudness and off-screen sound
+    (with probability ``cfg.p_order`` an :func:`order_scene`)."""
+    if rng.random() < cfg.p_order:
+        return order_scene(video_id, cfg, rng)
     n_visible = int(rng.choice(len(POSITIONS), p=np.array(cfg.visible_weights) /
                                sum(cfg.visible_weights))) + 1
     names = [str(n) for n in rng.choice(cfg.instruments, size=n_visible, replace=False)]
@@ -219,6 +228,28 @@ def sample_scene(video_id: str, cfg: SynthConfig, rng: np.random.Generator) -> S
         instruments.append(Instrument(name, positions[k], start, max(end, start + 1),
                                       float(cfg.levels[steps[k]])))
     return Scene(video_id, cfg.seconds, tuple(instruments))
+
+
+def order_scene(video_id: str, cfg: SynthConfig, rng: np.random.Generator) -> Scene:
+    """Two on-screen instruments of different classes and one loudness, sounding equally long
+    with at least ``cfg.order_gap`` silent seconds between them; played backwards with
+    probability 1/2.
+
+    Such scenes and their time reversals are equally likely, so which of the two comes first
+    can be told from the order of the seconds only: an order-blind model is capped at 50 %.
+    """
+    names = [str(n) for n in rng.choice(cfg.instruments, size=2, replace=False)]
+    slots = sorted(rng.choice(len(POSITIONS), size=2, replace=False).tolist())
+    t = cfg.seconds
+    duration = int(rng.integers(cfg.min_duration, (t - cfg.order_gap) // 2 + 1))
+    first = int(rng.integers(0, t - 2 * duration - cfg.order_gap + 1))
+    second = int(rng.integers(first + duration + cfg.order_gap, t - duration + 1))
+    spans = [(first, first + duration), (second, second + duration)]
+    if rng.random() < 0.5:  # the same scene played backwards
+        spans = [(t - e, t - s) for s, e in spans]
+    level = float(cfg.levels[int(rng.integers(len(cfg.levels)))])
+    return Scene(video_id, t, tuple(Instrument(n, POSITIONS[p], s, e, level)
+                                    for n, p, (s, e) in zip(names, slots, spans, strict=True)))
 
 
 def _onsets(n: int, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:

@@ -28,9 +28,10 @@ which also keeps DDP without ``find_unused_parameters`` working.
 Inputs (Fig. 5): with ``use_audio`` / ``use_visual`` off, that modality's projected sequence is
 zeros of the same shape (no input projection is built for it).
 
-No positional encodings are used: temporal order reaches the answer only through the AVFC
-recurrence. No learned modality weights exist: the paths are combined by summing softmaxes
-(other rules: :mod:`avmaster.models.combine`).
+No positional encodings are used (unless ``time_embedding`` asks for one, an option outside the
+paper): temporal order reaches the answer only through the AVFC recurrence. No learned modality
+weights exist: the paths are combined by summing softmaxes (other rules:
+:mod:`avmaster.models.combine`).
 
 Multiple choice (``multiple_choice=True``): every decoder scores the K options of
 ``batch["options"]`` with an :class:`~avmaster.models.decoders.OptionHead` instead of the C
@@ -57,9 +58,10 @@ from avmaster.models.config import (
     to_dataclass,
 )
 from avmaster.models.decoders import PathDecoder
-from avmaster.models.focus import FocusCapture
+from avmaster.models.focus import FocusCapture, FocusOutput
 from avmaster.models.fusion import KeyFusion
 from avmaster.models.preference import PreferenceActivation
+from avmaster.models.time_embedding import TimeEmbedding
 
 DIM_ALIASES = {"question": "text", "word": "text", "words": "text"}
 
@@ -229,6 +231,7 @@ class AVMaster(nn.Module):
             else None
         )
         self.fusion = KeyFusion(dim, heads, ff, drop) if branches.fusion else None
+        self.time = TimeEmbedding() if cfg.time_embedding != "none" else None
         self.decoder = decoder() if branches.decoder else None
 
         def preference() -> PreferenceActivation:
@@ -253,7 +256,7 @@ class AVMaster(nn.Module):
             frozen.append("proj_visual")
         return frozen
 
-    def _inputs(self, batch: Batch) -> tuple[Tensor | None, Tensor | None]:
+    def project(self, batch: Batch) -> tuple[Tensor | None, Tensor | None]:
         """Projected ``audio, visual [B, T, D]``: zeros for a switched-off input (Fig. 5),
         ``None`` where no module reads it."""
         out = []
@@ -285,12 +288,15 @@ class AVMaster(nn.Module):
         if self.cfg.question_only:
             return AVMasterOutput(logits=self.decoder(query, words, mask, options))
 
-        audio, visual = self._inputs(batch)
+        audio, visual = self.project(batch)
+        if self.time is not None and self.cfg.time_embedding == "all":
+            audio = audio if audio is None else self.time(audio)
+            visual = visual if visual is None else self.time(visual)
         out = AVMasterOutput()
         if self.fusion is not None:
             if self.focus is not None:
                 steps = None if readout_step is None else readout_step + 1
-                focus = self.focus(audio, visual, steps=steps)
+                focus = self.capture(audio, visual, steps=steps)
                 fa, fv = focus.audio, focus.visual
                 out.audio_focus, out.visual_focus = fa, fv
                 out.focus_maps = {"audio": focus.audio_map, "visual": focus.visual_map}
@@ -311,6 +317,13 @@ class AVMaster(nn.Module):
                     query, out.visual_preference, None, options
                 )
         return out
+
+    def capture(self, audio: Tensor, visual: Tensor, steps: int | None = None) -> FocusOutput:
+        """AVFC (Eq. 2) over projected features, stopped after ``steps`` seconds when given; with
+        ``time_embedding=focus`` its input carries each second's index."""
+        if self.time is not None and self.cfg.time_embedding == "focus":
+            audio, visual = self.time(audio), self.time(visual)
+        return self.focus(audio, visual, steps=steps)
 
     def compile_blocks(self, **kwargs: Any) -> None:
         """``torch.compile`` each block in place (regional compilation): the focus step is

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
+from avmaster.models.time_embedding import TIME_EMBEDDINGS
+
 Share = Literal["none", "attention", "bias", "both"]
 SHARE_OPTIONS: tuple[str, ...] = ("none", "attention", "bias", "both")
 
@@ -45,6 +47,9 @@ class ModelConfig:
     - ``share``: which focus-capture weights audio and visual share (paper Table X): ``none``,
       ``attention`` (SAB/CAB blocks, default), ``bias`` (the learned bias), ``both``.
     - ``ff_mult``: FFN hidden width = ``ff_mult * dim`` in every transformer block.
+    - ``time_embedding``: not in the paper; ``none`` (default, faithful), ``focus`` or ``all``
+      adds a sinusoidal code of each second's index to the focus capture's input or to every
+      path's (:mod:`~avmaster.models.time_embedding`).
     """
 
     dim: int = 512
@@ -61,6 +66,7 @@ class ModelConfig:
     question_only: bool = False
     use_audio: bool = True
     use_visual: bool = True
+    time_embedding: str = "none"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,6 +74,9 @@ class ModelConfig:
     def validate(self) -> None:
         if self.share not in SHARE_OPTIONS:
             raise ValueError(f"model.share must be one of {SHARE_OPTIONS}, got {self.share!r}")
+        if self.time_embedding not in TIME_EMBEDDINGS:
+            raise ValueError(f"model.time_embedding must be one of {TIME_EMBEDDINGS}, got "
+                             f"{self.time_embedding!r}")
         if self.dim % self.heads:
             raise ValueError(f"model.dim ({self.dim}) must be divisible by heads ({self.heads})")
         for name in ("dim", "heads", "ff_mult", "template_len", "decoder_depth"):
