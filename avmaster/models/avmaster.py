@@ -194,7 +194,8 @@ class AVMaster(nn.Module):
         self.proj_visual = nn.Linear(dims.visual, dim) if paths.visual else None
         self.focus = (
             FocusCapture(
-                dim, heads, cfg.template_len, ff, drop, cfg.share_attention, cfg.share_bias
+                dim, heads, cfg.template_len, ff, drop, cfg.share_attention, cfg.share_bias,
+                cfg.deferred_weight_grads,
             )
             if paths.focus
             else None

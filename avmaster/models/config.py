@@ -41,6 +41,8 @@ class ModelConfig:
     - ``share``: which focus-capture weights audio and visual share (paper Table X): ``none``,
       ``attention`` (SAB/CAB blocks, default), ``bias`` (the learned bias), ``both``.
     - ``ff_mult``: FFN hidden width = ``ff_mult * dim`` in every transformer block.
+    - ``deferred_weight_grads`` (speed only, same math up to float summation order): the focus
+      recurrence's weight gradients in one GEMM over all T seconds; false = plain autograd.
     """
 
     dim: int = 512
@@ -55,6 +57,7 @@ class ModelConfig:
     audio_preference: bool = True
     visual_preference: bool = True
     question_only: bool = False
+    deferred_weight_grads: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
