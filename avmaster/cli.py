@@ -65,8 +65,8 @@ def cmd_score(argv: Sequence[str]) -> int:
     from pathlib import Path
 
     from avmaster.data.annotations import concat, load_annotations
+    from avmaster.data.tables import get_table
     from avmaster.data.vocab import AnswerVocab
-    from avmaster.metrics import get_table
     from avmaster.paths import resolve
     from avmaster.scoring import read_predictions, score
 

@@ -2,10 +2,9 @@
 
 Hyperparameters are saved as plain values (configs as dicts, feature dims, answer count and
 vocabulary), so ``AVMasterModule.load_from_checkpoint(path)`` rebuilds the model with no other
-input. Evaluation predicts ``argmax`` of the sum of the paths' softmaxes; per-group metrics come
-from ``trainer.datamodule.make_metric(stage)`` when the datamodule has it (a torchmetrics
-``Metric`` with ``update(pred, label, group)`` and a dict-returning ``compute()``), otherwise
-plain answer accuracy.
+input. Evaluation predicts ``argmax`` of the sum of the paths' softmaxes; it is scored per question
+type by the table of ``trainer.datamodule.spec`` when the datamodule has one
+(:class:`~avmaster.metrics.GroupedAccuracy`), otherwise by plain answer accuracy.
 """
 
 from __future__ import annotations
@@ -16,14 +15,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 
-from avmaster.losses import IGNORE_INDEX, AVMasterLoss
+from avmaster.data.vocab import NO_LABEL
+from avmaster.losses import AVMasterLoss
+from avmaster.metrics import GroupedAccuracy
 from avmaster.models.avmaster import AVMaster, AVMasterOutput, as_dims
 from avmaster.models.config import FeatureDims, LossConfig, ModelConfig, OptimConfig, to_dataclass
 
 TOP_K = 5
+EVAL_STAGES = ("val", "test")
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
@@ -39,7 +41,7 @@ def build_optimizer(
 
 
 class AnswerAccuracy(Metric):
-    """Percent of correct predictions; labels equal to ``IGNORE_INDEX`` always count as wrong."""
+    """Percent of correct predictions; labels equal to :data:`NO_LABEL` always count as wrong."""
 
     full_state_update = False
     higher_is_better = True
@@ -50,7 +52,7 @@ class AnswerAccuracy(Metric):
         self.add_state("total", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, pred: Tensor, label: Tensor, group: Tensor | None = None) -> None:
-        self.correct += ((pred == label) & (label != IGNORE_INDEX)).sum()
+        self.correct += ((pred == label) & (label != NO_LABEL)).sum()
         self.total += label.numel()
 
     def compute(self) -> dict[str, float]:
@@ -101,7 +103,7 @@ class AVMasterModule(L.LightningModule):
         self.criterion = AVMasterLoss(loss_cfg)
         self.optim_cfg = optim_cfg
         self.answers = answers
-        self._metrics: dict[str, Metric] = {}
+        self.metrics = nn.ModuleDict()  # per evaluation stage; made in setup()
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int
                                 ) -> dict[str, Tensor]:
@@ -131,26 +133,27 @@ class AVMasterModule(L.LightningModule):
                       sync_dist=not on_step)
 
     # -- evaluation ------------------------------------------------------------------------
-    def _make_metric(self, stage: str) -> Metric:
-        make = getattr(getattr(self.trainer, "datamodule", None), "make_metric", None)
-        metric = make(stage) if callable(make) else AnswerAccuracy()
-        return metric.to(self.device)
+    def setup(self, stage: str) -> None:
+        """One metric per evaluation stage, made before Lightning moves the module to its
+        device (so the metrics move with it); torchmetrics states are not checkpointed."""
+        spec = getattr(getattr(self.trainer, "datamodule", None), "spec", None)
+        for name in EVAL_STAGES:
+            if name not in self.metrics:
+                self.metrics[name] = GroupedAccuracy(spec) if spec is not None else AnswerAccuracy()
 
     def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:
         out = self.model(batch)
         label = batch["label"]
         self._log_losses(stage, self.criterion(out, label), label.shape[0])
         pred = out.pred()
-        if stage not in self._metrics:
-            self._metrics[stage] = self._make_metric(stage)
         group = batch.get("group")
         group = torch.zeros_like(label) if group is None else group
-        self._metrics[stage].update(pred, label, group)
+        self.metrics[stage].update(pred, label, group)
         return pred
 
     def _eval_epoch_end(self, stage: str) -> None:
-        metric = self._metrics.pop(stage, None)
-        if metric is None:
+        metric = self.metrics[stage]
+        if not metric.update_called:
             return
         values = metric.compute()  # torchmetrics syncs the states across processes
         metric.reset()

@@ -13,13 +13,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from avmaster.data.vocab import NO_LABEL
 from avmaster.models.avmaster import AVMasterOutput
 from avmaster.models.config import LossConfig, to_dataclass
 
-IGNORE_INDEX = -1
 
-
-def answer_loss(logits: Tensor, label: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def answer_loss(logits: Tensor, label: Tensor, ignore_index: int = NO_LABEL) -> Tensor:
     """Cross-entropy over answers, averaged over labels != ``ignore_index``.
 
     A batch whose labels are all ignored gives 0 (with a graph), never NaN.

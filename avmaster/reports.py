@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from avmaster.metrics import get_table
+from avmaster.data.tables import get_table
 
 log = logging.getLogger(__name__)
 

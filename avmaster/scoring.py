@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from avmaster.data.records import QARecord
-from avmaster.data.vocab import UNKNOWN, AnswerVocab
-from avmaster.metrics import GroupedAccuracy, TableSpec
+from avmaster.data.tables import TableSpec
+from avmaster.data.vocab import NO_LABEL, AnswerVocab
+from avmaster.metrics import GroupedAccuracy
 
 ID_KEYS = ("question_id", "id", "qid")
 ANSWER_KEYS = ("answer", "prediction", "pred", "text", "output", "response")
@@ -50,7 +51,7 @@ class AnswerMapper:
         self._phrases = sorted(self._exact.items(), key=lambda kv: -len(kv[0]))
 
     def __call__(self, text: str) -> int:
-        """Index of the answer ``text`` names, or :data:`UNKNOWN`.
+        """Index of the answer ``text`` names, or :data:`NO_LABEL`.
 
         Order: the ``<answer>`` tag's content if present; an exact match after
         :func:`normalise`; else the answer phrase occurring first in the text, when exactly one
@@ -66,7 +67,7 @@ class AnswerMapper:
             if pos >= 0:
                 found.append((pos, i))
                 padded = padded.replace(f" {phrase} ", " " + "#" * len(phrase) + " ")
-        return found[0][1] if len({i for _, i in found}) == 1 else UNKNOWN
+        return found[0][1] if len({i for _, i in found}) == 1 else NO_LABEL
 
 
 def read_predictions(path: Path | str) -> dict[str, str | int]:
@@ -139,23 +140,23 @@ def score(predictions: dict[str, str | int], records: Sequence[QARecord], spec: 
     for r in records:
         raw = predictions.get(r.question_id)
         if r.options:
-            target = r.answer_index if r.answer_index is not None else UNKNOWN
+            target = r.answer_index if r.answer_index is not None else NO_LABEL
             if isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit()):
                 p = int(raw)
             else:
-                p = AnswerMapper(r.options)(str(raw)) if raw is not None else UNKNOWN
+                p = AnswerMapper(r.options)(str(raw)) if raw is not None else NO_LABEL
         else:
             assert mapper is not None and vocab is not None, "open-ended scoring needs a vocab"
             target = vocab.index(r.answer)
-            p = mapper(str(raw)) if raw is not None else UNKNOWN
+            p = mapper(str(raw)) if raw is not None else NO_LABEL
         if raw is None:
             missing.append(r.question_id)
-        elif p == UNKNOWN:
+        elif p == NO_LABEL:
             unmapped.append(r.question_id)
         pred.append(p)
         label.append(target)
         group.append(spec.group_of(r))
-    metric = GroupedAccuracy(spec)  # an UNKNOWN label never counts as correct
+    metric = GroupedAccuracy(spec)  # an NO_LABEL label never counts as correct
     metric.update(torch.tensor(pred), torch.tensor(label), torch.tensor(group))
     ids = {r.question_id for r in records}
     return ScoreReport(metric.compute(), metric.counts(), missing, unmapped,

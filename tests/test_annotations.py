@@ -12,7 +12,7 @@ from avmaster.data.annotations import (
     strip_question,
 )
 from avmaster.data.records import MUSIC_AVQA_TYPES
-from avmaster.data.vocab import UNKNOWN, AnswerVocab
+from avmaster.data.vocab import NO_LABEL, AnswerVocab
 
 MUSIC_FILES = [
     "music_avqa_test_sample.json",
@@ -164,7 +164,7 @@ def test_head_tail_files(tmp_path, fixtures):
 
 def test_vocab(fixtures):
     vocab = AnswerVocab.from_file(fixtures / "music_avqa_answers.json")
-    assert len(vocab) == 42 and vocab.index("two") == 0 and vocab.index("banana") == UNKNOWN
+    assert len(vocab) == 42 and vocab.index("two") == 0 and vocab.index("banana") == NO_LABEL
     records = load_annotations(fixtures / "music_avqa_val_sample.json").records
     built = AnswerVocab.from_records(records)
     top = Counter(r.answer for r in records).most_common(1)[0][0]

@@ -13,20 +13,10 @@ import pytest
 
 from avmaster.data.annotations import load_annotations
 from avmaster.data.records import MUSIC_AVQA_TYPES
-from avmaster.demo import synth
-from avmaster.demo.synth import (
-    INSTRUMENTS,
-    TEMPLATES,
-    Instrument,
-    Scene,
-    SynthConfig,
-    answer_balance,
-    build_annotations,
-    render_audio,
-    render_frames,
-    sample_scenes,
-    write_dataset,
-)
+from avmaster.demo.questions import TEMPLATES, answer_balance, build_annotations, majority_accuracy
+from avmaster.demo.render import render_audio, render_frames
+from avmaster.demo.scene import INSTRUMENTS, Instrument, Scene, SynthConfig, sample_scenes
+from avmaster.demo.synth import write_dataset
 
 T = 10
 NAMES = tuple(INSTRUMENTS)
@@ -183,7 +173,7 @@ def test_answers_are_balanced_per_template(entries):
             assert len(counts) >= 2, (split, template)
             assert len(set(counts.values())) == 1, (split, template, counts)
     # so answering each template's most frequent training answer is worth little
-    assert synth.majority_accuracy(entries["train"], entries["test"]) < 45
+    assert majority_accuracy(entries["train"], entries["test"]) < 45
 
 
 def test_dataset_is_deterministic_per_seed():

@@ -24,14 +24,17 @@ from media import CASES, FAILED, GOOD, SECONDS, make_media, write_annotations
 
 from avmaster.data.store import TextFeatures, VideoFeatures, atomic_h5, write_video_features
 from avmaster.extract import ExtractConfig, FeatureExtractor, UndecodableVideoError, feature_paths
+from avmaster.extract.audio import log_mel_examples
 from avmaster.extract.config import clip_slug
-from avmaster.extract.decode import DecodeSpec, decode_video, find_videos, log_mel_examples
+from avmaster.extract.decode import decode_video
+from avmaster.extract.decoded import DecodeSpec
 from avmaster.extract.encoders import (
     VGGishEncoder,
     VGGishPCA,
     WeightsUnavailableError,
     build_clip,
 )
+from avmaster.extract.listing import find_videos
 from avmaster.extract.parts import VIDEO_PART, list_parts, video_parts_dir
 from avmaster.extract.runner import main
 from avmaster.extract.synth_media import ClipSpec, second_colour, synthetic_clip, write_video

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from avmaster.data.vocab import NO_LABEL
 from avmaster.losses import AVMasterLoss, answer_loss, dual_path_contrastive_loss
 from avmaster.models import AVMasterOutput, LossConfig
 
@@ -71,7 +72,7 @@ def test_contrastive_single_sample_has_no_negatives() -> None:
 def test_answer_loss_ignores_out_of_vocabulary_labels() -> None:
     logits = torch.randn(5, 7, requires_grad=True)
     label = torch.tensor([0, -1, 3, -1, 6])
-    keep = label >= 0
+    keep = label != NO_LABEL
     expected = F.cross_entropy(logits[keep], label[keep])
     assert answer_loss(logits, label).item() == pytest.approx(expected.item(), rel=1e-6)
     all_ignored = answer_loss(logits, torch.full((5,), -1))

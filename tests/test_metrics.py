@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp
 
 from avmaster.data.annotations import load_annotations
-from avmaster.metrics import TABLES, GroupedAccuracy, get_table, write_results
+from avmaster.data.tables import TABLES, get_table
+from avmaster.metrics import GroupedAccuracy, write_results
 
 REFERENCE = Path(__file__).resolve().parents[1] / "avmaster" / "reference"
 

@@ -12,7 +12,8 @@ matplotlib.use("Agg")
 
 from avmaster import reports
 from avmaster.config import load_config, to_dict
-from avmaster.metrics import get_table, write_results
+from avmaster.data.tables import get_table
+from avmaster.metrics import write_results
 
 
 def table_values(table: str, base: float) -> dict[str, float]:

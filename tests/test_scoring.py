@@ -3,8 +3,8 @@ import json
 import pytest
 
 from avmaster.data.annotations import load_annotations
-from avmaster.data.vocab import UNKNOWN, AnswerVocab
-from avmaster.metrics import get_table
+from avmaster.data.tables import get_table
+from avmaster.data.vocab import NO_LABEL, AnswerVocab
 from avmaster.scoring import AnswerMapper, PredictionError, read_predictions, score
 
 
@@ -23,8 +23,8 @@ def test_mapper_free_text(vocab):
     assert m("2") == idx("two")
     assert m("There are more than ten instruments") == idx("more than ten")
     assert m("The sound comes from the left.") == idx("left")
-    assert m("left or right, hard to say") == UNKNOWN  # two different answers: ambiguous
-    assert m("a banana") == UNKNOWN
+    assert m("left or right, hard to say") == NO_LABEL  # two different answers: ambiguous
+    assert m("a banana") == NO_LABEL
     assert m("Electric-bass") == idx("electric_bass")
 
 

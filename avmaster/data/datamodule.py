@@ -18,8 +18,8 @@ from avmaster.data.annotations import (
 from avmaster.data.config import DataConfig
 from avmaster.data.dataset import QADataset, collate
 from avmaster.data.store import TextFeatures, VideoFeatures
+from avmaster.data.tables import TableSpec, get_table
 from avmaster.data.vocab import AnswerVocab
-from avmaster.metrics import GroupedAccuracy, TableSpec, get_table
 from avmaster.paths import resolve
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ class AVQADataModule(L.LightningDataModule):
     """Annotations + feature caches -> batches (see :func:`avmaster.data.dataset.collate`).
 
     ``answers`` fixes the vocabulary (a checkpoint's, at evaluation); otherwise it comes from
-    ``cfg.answers`` or the training answers.
+    ``cfg.answers`` or the training answers. ``spec`` is the dataset's per-type table (the
+    LightningModule scores evaluation by it).
     """
 
     def __init__(self, cfg: DataConfig, answers: list[str] | None = None):
@@ -158,10 +159,6 @@ class AVQADataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
-
-    def make_metric(self, stage: str) -> GroupedAccuracy:
-        """The per-type accuracy metric of this dataset's table."""
-        return GroupedAccuracy(self.spec)
 
 
 def _identity(batch):

@@ -10,8 +10,8 @@ from torch.utils.data import Dataset
 
 from avmaster.data.records import QARecord
 from avmaster.data.store import MissingFeaturesError, TextFeatures, VideoFeatures
-from avmaster.data.vocab import UNKNOWN, AnswerVocab
-from avmaster.metrics import TableSpec
+from avmaster.data.tables import TableSpec
+from avmaster.data.vocab import NO_LABEL, AnswerVocab
 
 Batch = dict[str, torch.Tensor]
 
@@ -46,7 +46,7 @@ class QADataset(Dataset):
         text.check(required_texts(self.records))
         self.multiple_choice = any(r.options for r in self.records)
         if self.multiple_choice:
-            self.labels = np.array([UNKNOWN if r.answer_index is None else r.answer_index
+            self.labels = np.array([NO_LABEL if r.answer_index is None else r.answer_index
                                     for r in self.records], dtype=np.int64)
         else:
             if vocab is None:
@@ -66,7 +66,7 @@ class QADataset(Dataset):
     @property
     def num_unknown(self) -> int:
         """Questions whose answer is outside the vocabulary (scored wrong, not trained on)."""
-        return int((self.labels == UNKNOWN).sum())
+        return int((self.labels == NO_LABEL).sum())
 
     def __len__(self) -> int:
         return len(self.records)

@@ -9,11 +9,14 @@ from pathlib import Path
 
 from avmaster.data.records import QARecord
 
-UNKNOWN = -1  # label of an answer outside the vocabulary: ignored by the losses, scored wrong
+# The one "no label" value: an answer outside the vocabulary (or a multiple-choice question
+# without its answer). The losses leave it out; the metrics score it wrong.
+NO_LABEL = -1
+UNKNOWN = NO_LABEL  # the earlier name, kept importable
 
 
 class AnswerVocab:
-    """An ordered list of answers. ``index(a)`` is :data:`UNKNOWN` for answers it lacks."""
+    """An ordered list of answers. ``index(a)`` is :data:`NO_LABEL` for answers it lacks."""
 
     def __init__(self, answers: Sequence[str]):
         self.answers = [str(a) for a in answers]
@@ -43,7 +46,7 @@ class AnswerVocab:
         return cls(sorted(counts, key=lambda a: (-counts[a], a)))
 
     def index(self, answer: str) -> int:
-        return self._index.get(answer, UNKNOWN)
+        return self._index.get(answer, NO_LABEL)
 
     def __contains__(self, answer: str) -> bool:
         return answer in self._index

@@ -70,7 +70,7 @@ def settings_from_args(argv: Sequence[str]) -> DemoSettings:
 
 def summary(result: DemoResult) -> str:
     """The demo's closing lines: the table, the margin and where the files are."""
-    from avmaster.metrics import get_table
+    from avmaster.data.tables import get_table
 
     table = get_table("music_avqa").markdown(result.accuracy)
     full, qo = result.accuracy[FULL]["avg"], result.accuracy[QUESTION_ONLY]["avg"]

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from avmaster.demo.synth import SynthConfig, SynthDataset, write_dataset
+from avmaster.demo.scene import SynthConfig
+from avmaster.demo.synth import SynthDataset, write_dataset
 from avmaster.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ def write_report(out: Path, settings: DemoSettings, accuracy: dict[str, dict[str
     import pandas as pd
 
     from avmaster import reports
-    from avmaster.metrics import get_table
+    from avmaster.data.tables import get_table
 
     spec = get_table(TABLE)
     folder = out / "results"

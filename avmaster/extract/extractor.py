@@ -17,7 +17,8 @@ import torch
 
 from avmaster.data.store import pad_or_trim
 from avmaster.extract.config import ExtractConfig
-from avmaster.extract.decode import DecodedVideo, DecodeSpec, Problem, decode_video
+from avmaster.extract.decode import decode_video
+from avmaster.extract.decoded import DecodedVideo, DecodeSpec, Problem
 from avmaster.extract.encoders import (
     ClipEncoder,
     VGGishEncoder,

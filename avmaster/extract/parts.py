@@ -33,6 +33,7 @@ from avmaster.data.store import (
     write_text_features,
     write_video_features,
 )
+from avmaster.extract.audio import EXAMPLE_FRAMES, MEL_HOP_SECONDS, SAMPLE_RATE
 from avmaster.extract.config import (
     ExtractConfig,
     FeaturePaths,
@@ -44,14 +45,7 @@ from avmaster.extract.config import (
     text_settings,
     visual_settings,
 )
-from avmaster.extract.decode import (
-    DUPLICATE_ID,
-    EXAMPLE_FRAMES,
-    MEL_HOP_SECONDS,
-    MISSING_FILE,
-    SAMPLE_RATE,
-    Problem,
-)
+from avmaster.extract.decoded import DUPLICATE_ID, MISSING_FILE, Problem
 from avmaster.io import atomic_write_text
 
 log = logging.getLogger(__name__)

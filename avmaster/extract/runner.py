@@ -37,15 +37,11 @@ from avmaster.extract.config import (
     text_settings,
     visual_settings,
 )
-from avmaster.extract.decode import (
-    MISSING_FILE,
-    DecodedVideo,
-    Problem,
-    find_videos,
-    iter_decoded,
-)
+from avmaster.extract.decode import iter_decoded
+from avmaster.extract.decoded import MISSING_FILE, DecodedVideo, Problem
 from avmaster.extract.encoders import WeightsUnavailableError
 from avmaster.extract.extractor import FeatureExtractor
+from avmaster.extract.listing import find_videos
 from avmaster.extract.parts import (
     LISTING,
     TEXT_PART,
