@@ -36,6 +36,7 @@ from avmaster.models import (
     PreferenceActivation,
     SingleKeyCAB,
     ablation,
+    deferred,
 )
 
 B, T, L_MAX, C, K = 3, 5, 6, 7, 4
@@ -187,10 +188,12 @@ def _outputs_and_grads(model: AVMaster, loss_cfg: LossConfig, batch, precision: 
     return [t.float() for t in output_tensors(out)], grads
 
 
-@pytest.mark.parametrize("share", ["attention", "none"])
-def test_deferred_weight_grads_equal_plain_autograd(share: str) -> None:
+@pytest.mark.parametrize(("share", "flush_rows"), [("attention", 20), ("none", 1024)])
+def test_deferred_weight_grads_equal_plain_autograd(share: str, flush_rows: int,
+                                                    monkeypatch) -> None:
     """Same outputs and every parameter's gradient as the plain eager reference (fp32), also
-    when a retained graph is back-propagated twice."""
+    when a retained graph is back-propagated twice; reduced in chunks of two uses or at once."""
+    monkeypatch.setattr(deferred, "FLUSH_ROWS", flush_rows)
     batch = make_batch(seed=3)
     model, loss_cfg = build(share=share)
     reference = copy.deepcopy(model)

@@ -2,8 +2,9 @@
 
 Plain autograd computes a linear layer's weight gradient at every use: T GEMMs reducing over
 the few rows of one step (2B x N in the focus recurrence), plus T accumulations. Here each use
-keeps its input and, in the backward pass, its output gradient; once every use has been
-back-propagated, ``dW = G^T X`` and ``db = sum(G)`` are computed in one GEMM over all T x rows.
+hands its input and output gradient to a buffer in the backward pass, and ``dW = G^T X``,
+``db = sum(G)`` are computed in one GEMM per :data:`FLUSH_ROWS` rows (all T x rows at once when
+they are fewer); the sum is returned once every use has been back-propagated.
 The sum is the same (only the order of floating-point additions differs); input gradients are
 unchanged. Used by :meth:`avmaster.models.focus.FocusStep.scan` through :func:`deferred_linears`.
 """
@@ -17,13 +18,50 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+FLUSH_ROWS = 1024
+"""Rows of buffered uses reduced in one GEMM: large enough for full GEMM speed, small enough
+that the buffered inputs and gradients add little memory (the rest waits in the autograd graph
+anyway)."""
+
 
 class _Sink:
-    """Inputs and output gradients of every use of one weight within one forward pass."""
+    """Input and output gradient of the uses of one weight, filled during a backward pass and
+    reduced into the gradient every :data:`FLUSH_ROWS` rows.
 
-    def __init__(self) -> None:
-        self.inputs: list[Tensor] = []
-        self.grads: dict[int, Tensor] = {}  # by use: a retained graph's rerun overwrites
+    Inputs are kept detached and dropped once used, so the sink never closes a reference
+    cycle through the autograd graph (which Python's collector could not free).
+    """
+
+    def __init__(self, dtype: torch.dtype, bias: bool) -> None:
+        self.dtype, self.bias, self.rows = dtype, bias, 0
+        self.pairs: list[tuple[Tensor, Tensor]] = []
+        self.grad_w: Tensor | None = None
+        self.grad_b: Tensor | None = None
+
+    def add(self, x: Tensor, grad: Tensor) -> None:
+        self.pairs.append((x.detach().reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])))
+        self.rows += self.pairs[-1][0].shape[0]
+        if self.rows >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pairs:
+            return
+        x = torch.cat([x for x, _ in self.pairs])
+        g = torch.cat([g for _, g in self.pairs])
+        self.pairs, self.rows = [], 0
+        grad_w = torch.mm(g.t(), x.to(g.dtype)).to(self.dtype)
+        self.grad_w = grad_w if self.grad_w is None else self.grad_w.add_(grad_w)
+        if self.bias:
+            grad_b = g.sum(dim=0, dtype=self.dtype)
+            self.grad_b = grad_b if self.grad_b is None else self.grad_b.add_(grad_b)
+
+    def take(self) -> tuple[Tensor | None, Tensor | None]:
+        """The gradients of all uses so far; the sink is empty afterwards."""
+        self.flush()
+        grads = self.grad_w, self.grad_b
+        self.grad_w = self.grad_b = None
+        return grads
 
 
 class _Gather(torch.autograd.Function):
@@ -38,15 +76,7 @@ class _Gather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *_unused: Tensor | None):  # type: ignore[override]
-        sink: _Sink = ctx.sink
-        uses = sorted(sink.grads)
-        if not uses:
-            return None, None, None
-        x = torch.cat([sink.inputs[i].reshape(-1, sink.inputs[i].shape[-1]) for i in uses])
-        g = torch.cat([sink.grads[i].reshape(-1, sink.grads[i].shape[-1]) for i in uses])
-        grad_w = torch.mm(g.t(), x.to(g.dtype))
-        grad_b = g.sum(dim=0) if ctx.needs_input_grad[1] else None
-        return grad_w, grad_b, None
+        return *ctx.sink.take(), None
 
 
 class _LinearNoWeightGrad(torch.autograd.Function):
@@ -56,15 +86,14 @@ class _LinearNoWeightGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
                 sink: _Sink) -> Tensor:
-        ctx.sink, ctx.use = sink, len(sink.inputs)
-        sink.inputs.append(x)
-        ctx.save_for_backward(weight)
+        ctx.sink = sink
+        ctx.save_for_backward(x, weight)
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (weight,) = ctx.saved_tensors
-        ctx.sink.grads[ctx.use] = grad
+        x, weight = ctx.saved_tensors
+        ctx.sink.add(x, grad)
         grad_x = grad.matmul(weight) if ctx.needs_input_grad[0] else None
         return grad_x, None, None, None
 
@@ -100,7 +129,7 @@ def deferred_linears(module: nn.Module) -> Iterator[None]:
         if isinstance(m, DeferrableLinear) and m.weight.requires_grad and torch.is_grad_enabled()
     ]
     for layer in layers:
-        sink = _Sink()
+        sink = _Sink(layer.weight.dtype, layer.bias is not None)
         weight, bias = _Gather.apply(layer.weight, layer.bias, sink)
         device = weight.device.type
         if torch.is_autocast_enabled(device):  # cast once for all uses, as autocast would
