@@ -34,7 +34,7 @@ def _config_args(argv: Sequence[str], prog: str) -> tuple[str | None, list[str]]
 
 def cmd_train(argv: Sequence[str]) -> int:
     from avmaster.config import load_config
-    from avmaster.run import train
+    from avmaster.training import train
 
     cfg = load_config(*_config_args(argv, "train"))
     result = train(cfg)
@@ -44,7 +44,7 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 def cmd_eval(argv: Sequence[str]) -> int:
     from avmaster.config import load_config
-    from avmaster.run import evaluate
+    from avmaster.training import evaluate
 
     cfg = load_config(*_config_args(argv, "eval"))
     evaluate(cfg)
@@ -64,7 +64,7 @@ def cmd_config(argv: Sequence[str]) -> int:
 def cmd_score(argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from avmaster.data.annotations import concat, load_annotations
+    from avmaster.data.annotations import concat, ensure_head_tail, load_annotations
     from avmaster.data.tables import get_table
     from avmaster.data.vocab import AnswerVocab
     from avmaster.paths import resolve
@@ -82,14 +82,13 @@ def cmd_score(argv: Sequence[str]) -> int:
     p.add_argument("--head-tail-ratio", type=float, default=1.2)
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     a = p.parse_args(argv)
-    from avmaster.data.annotations import assign_head_tail
     from avmaster.metrics import write_results
 
     sets = concat([load_annotations(f, "test") for f in a.annotations], "test")
-    records = sets.records
-    if a.table == "music_avqa_r" and "head_tail" not in records[0].extra:
-        records = assign_head_tail(records, a.head_tail_ratio)
     spec = get_table(a.table)
+    records = sets.records
+    if spec.head_tail:
+        records = ensure_head_tail(records, a.head_tail_ratio)
     vocab = None if records[0].options else AnswerVocab.from_file(resolve(a.answers))
     report = score(read_predictions(a.predictions), records, spec, vocab)
     print(spec.markdown({Path(a.predictions).stem: report.accuracy}))

@@ -92,7 +92,7 @@ def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
     except (ConfigKeyError, ConfigAttributeError) as e:
         key = getattr(e, "full_key", None) or str(e).splitlines()[0]
         raise ConfigError(f"{where}: unknown config key '{key}'. Check its spelling against "
-                          "the defaults in configs/avmaster.yaml and configs/data/") from None
+                          "the keys `avmaster config` prints") from None
     except ValidationError as e:
         key = getattr(e, "full_key", "?")
         raise ConfigError(f"{where}: bad value for '{key}': {str(e).splitlines()[0]}") from None

@@ -1,48 +1,26 @@
 """Answer questions about raw video files with a trained checkpoint.
 
 The checkpoint records the extraction settings of the features it was trained on (see
-:class:`FeatureSettingsCallback`), so a :class:`Predictor` extracts a new video exactly like
-the training videos: same CLIP model and tag (or the same seeded random weights), same VGGish
-post-processing, frame position and number of seconds.
+:class:`~avmaster.training.FeatureSettingsCallback`), so a :class:`Predictor` extracts a new
+video exactly like the training videos: same CLIP model and tag (or the same seeded random
+weights), same VGGish post-processing, frame position and number of seconds.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
-import lightning as L
 import torch
 
 from avmaster.data.annotations import strip_question
-from avmaster.lightning_module import AVMasterModule
+from avmaster.data.batch import Batch
+from avmaster.lightning_module import TOP_K, AVMasterModule
 from avmaster.models.avmaster import AVMasterOutput
-
-CKPT_KEY = "avmaster_features"
-TOP_K = 5
-
-
-def read_settings(path: Path | str) -> dict[str, Any]:
-    """The extraction settings a feature file was written with (empty if it has none)."""
-    with h5py.File(path, "r") as f:
-        raw = f.attrs.get("settings")
-    return json.loads(raw) if raw else {}
-
-
-class FeatureSettingsCallback(L.Callback):
-    """Stores the training features' extraction settings in every checkpoint."""
-
-    def __init__(self, settings: Mapping[str, Any]):
-        self.settings = dict(settings)
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
-        checkpoint[CKPT_KEY] = self.settings
+from avmaster.training import CKPT_KEY
 
 
 def extract_config_for(settings: Mapping[str, Any], **overrides: Any):
@@ -117,7 +95,7 @@ class Predictor:
         timings["encode text"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         q = torch.from_numpy(tokens[0])[None]
-        batch = {
+        batch: Batch = {
             "visual": torch.from_numpy(visual)[None],
             "audio": torch.from_numpy(audio)[None],
             "question": torch.from_numpy(sentence[:1]),

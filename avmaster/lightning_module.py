@@ -18,13 +18,15 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from avmaster.data.batch import Batch
 from avmaster.data.vocab import NO_LABEL
 from avmaster.losses import AVMasterLoss
 from avmaster.metrics import GroupedAccuracy
 from avmaster.models.avmaster import AVMaster, AVMasterOutput, as_dims
 from avmaster.models.config import FeatureDims, LossConfig, ModelConfig, OptimConfig, to_dataclass
 
-TOP_K = 5
+TOP_K = 5  # answers kept per question by predict (and written to predictions files)
+TOP_KEY = "top5"  # their key in predict outputs and predictions files (a stable file format)
 EVAL_STAGES = ("val", "test")
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
@@ -105,17 +107,16 @@ class AVMasterModule(L.LightningModule):
         self.answers = answers
         self.metrics = nn.ModuleDict()  # per evaluation stage; made in setup()
 
-    def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int
-                                ) -> dict[str, Tensor]:
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """Features travel in their stored dtype (float16: half the copy and transfer cost);
         they become float32 on the device (mixed precision then casts as it needs)."""
-        return {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
+        return Batch(**{k: v.float() if v.is_floating_point() else v for k, v in batch.items()})
 
-    def forward(self, batch: Mapping[str, Tensor]) -> AVMasterOutput:
+    def forward(self, batch: Batch) -> AVMasterOutput:
         return self.model(batch)
 
     # -- training --------------------------------------------------------------------------
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         losses = self.criterion(self.model(batch), batch["label"])
         self._log_losses("train", losses, batch["label"].shape[0])
         return losses["loss"]
@@ -141,7 +142,7 @@ class AVMasterModule(L.LightningModule):
             if name not in self.metrics:
                 self.metrics[name] = GroupedAccuracy(spec) if spec is not None else AnswerAccuracy()
 
-    def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:
+    def _eval_step(self, batch: Batch, stage: str) -> Tensor:
         out = self.model(batch)
         label = batch["label"]
         self._log_losses(stage, self.criterion(out, label), label.shape[0])
@@ -165,10 +166,10 @@ class AVMasterModule(L.LightningModule):
             sync_dist=True,
         )
 
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._eval_step(batch, "val")
 
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
@@ -177,12 +178,14 @@ class AVMasterModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """``pred [B]``, ``top5 [B, k]`` answer indices with ``top5_prob [B, k]`` (mean of the
-        paths' softmaxes; k = min(5, C)) and the batch's ``index``."""
+        paths' softmaxes; k = min(TOP_K, C); the keys are :data:`TOP_KEY`) and the batch's
+        ``index``."""
         probs = self.model(batch).probs()
         top = probs.topk(min(TOP_K, probs.shape[-1]), dim=-1)
-        result = {"pred": probs.argmax(dim=-1), "top5": top.indices, "top5_prob": top.values}
+        result = {"pred": probs.argmax(dim=-1), TOP_KEY: top.indices,
+                  f"{TOP_KEY}_prob": top.values}
         if "index" in batch:
             result["index"] = batch["index"]
         return result

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torchmetrics import Metric
 
+from avmaster.atomic import atomic_write_text
 from avmaster.data.tables import TABLES, TableSpec, get_table
 from avmaster.data.vocab import NO_LABEL
-from avmaster.io import atomic_write_text
 
 __all__ = ["TABLES", "GroupedAccuracy", "TableSpec", "get_table", "write_results"]
 

@@ -7,6 +7,7 @@ import pytest
 from avmaster.data.annotations import (
     AnnotationError,
     assign_head_tail,
+    ensure_head_tail,
     load_annotations,
     load_head_tail,
     strip_question,
@@ -160,6 +161,14 @@ def test_head_tail_files(tmp_path, fixtures):
     (tmp_path / "t.json").write_text(json.dumps(entries[10:15]))
     s = load_head_tail(tmp_path / "h.json", tmp_path / "t.json")
     assert [r.extra["head_tail"] for r in s.records] == ["head"] * 10 + ["tail"] * 5
+    def labels(records):
+        return [r.extra["head_tail"] for r in records]
+
+    assert labels(ensure_head_tail(s.records)) == labels(s.records)  # the files' labels kept
+    unlabelled = load_annotations(tmp_path / "t.json").records[:1]
+    mixed = ensure_head_tail(s.records[:14] + unlabelled)  # one without a label: rule for all
+    assert labels(mixed) == labels(assign_head_tail(s.records[:14] + unlabelled))
+    assert labels(mixed) != ["head"] * 10 + ["tail"] * 5
 
 
 def test_vocab(fixtures):

@@ -1,8 +1,10 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
+from omegaconf import OmegaConf
 
-from avmaster.config import ConfigError, load_config
+from avmaster.config import Config, ConfigError, load_config, to_dict
 from avmaster.paths import PROJECT_CONFIGS
 
 DATA_PRESETS = sorted(p.stem for p in (PROJECT_CONFIGS / "data").glob("*.yaml"))
@@ -17,16 +19,43 @@ def test_defaults_are_the_papers():
     assert cfg.loss.tau == 0.1
 
 
+def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model.dim": 512, ...}`` of a nested dict."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def preset(kind: str, name: str) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.load(PROJECT_CONFIGS / kind / f"{name}.yaml"))
+
+
+def test_base_config_repeats_no_default():
+    """A default repeated in configs/avmaster.yaml would silently override a change in code."""
+    base = leaves(preset("", "avmaster") or {})
+    defaults = leaves(to_dict(Config()))
+    assert not [k for k, v in base.items() if defaults.get(k) == v]
+
+
 @pytest.mark.parametrize("name", DATA_PRESETS)
 def test_every_data_preset_loads(name):
     cfg = load_config(overrides=[f"data={name}"])
     assert cfg.data.name == name
     assert cfg.data.table in ("music_avqa", "music_avqa_v2", "music_avqa_r", "avqa")
+    loaded = leaves(to_dict(cfg.data))
+    assert {k: loaded[k] for k in leaves(preset("data", name))} == leaves(preset("data", name))
 
 
 @pytest.mark.parametrize("name", ABLATIONS)
 def test_every_ablation_preset_loads(name):
-    load_config(overrides=["data=music_avqa", f"ablation={name}"])
+    wanted = leaves(preset("ablations", name))
+    assert wanted, f"{name}.yaml sets nothing"
+    loaded = leaves(to_dict(load_config(overrides=["data=music_avqa", f"ablation={name}"])))
+    assert {k: loaded[k] for k in wanted} == wanted
 
 
 def test_overrides_presets_and_order():

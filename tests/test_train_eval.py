@@ -98,7 +98,7 @@ def test_eval_needs_a_checkpoint(overrides, capsys):
 
 
 def test_ablation_presets_build_and_train_one_step(overrides):
-    from avmaster.run import build_datamodule, build_module, build_trainer
+    from avmaster.training import build_datamodule, build_module, build_trainer
 
     for name in ("wo_tdpp", "wo_all", "question_only", "share_none", "wo_ape"):
         cfg = load_config(overrides=[*overrides, f"ablation={name}", "trainer.max_epochs=1",

@@ -266,6 +266,14 @@ def assign_head_tail(records: Sequence[QARecord], ratio: float = 1.2) -> list[QA
             for r in records]
 
 
+def ensure_head_tail(records: Sequence[QARecord], ratio: float = 1.2) -> list[QARecord]:
+    """Records with a head/tail label each: kept when every record has one (MUSIC-AVQA-R's
+    head and tail files, or a ``head_tail`` field), else :func:`assign_head_tail` for all."""
+    if records and all("head_tail" in r.extra for r in records):
+        return list(records)
+    return assign_head_tail(records, ratio)
+
+
 def load_head_tail(head: Path | str, tail: Path | str, split: str = "test") -> AnnotationSet:
     """MUSIC-AVQA-R as released: one file of head questions, one of tail questions."""
     parts = []

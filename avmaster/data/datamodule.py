@@ -10,13 +10,13 @@ from torch.utils.data import DataLoader
 
 from avmaster.data.annotations import (
     AnnotationSet,
-    assign_head_tail,
     concat,
+    ensure_head_tail,
     load_annotations,
     load_head_tail,
 )
 from avmaster.data.config import DataConfig
-from avmaster.data.dataset import QADataset, collate
+from avmaster.data.dataset import QADataset
 from avmaster.data.store import TextFeatures, VideoFeatures
 from avmaster.data.tables import TableSpec, get_table
 from avmaster.data.vocab import AnswerVocab
@@ -27,7 +27,7 @@ STAGES = ("train", "val", "test")
 
 
 class AVQADataModule(L.LightningDataModule):
-    """Annotations + feature caches -> batches (see :func:`avmaster.data.dataset.collate`).
+    """Annotations + feature caches -> batches (:class:`~avmaster.data.batch.Batch`).
 
     ``answers`` fixes the vocabulary (a checkpoint's, at evaluation); otherwise it comes from
     ``cfg.answers`` or the training answers. ``spec`` is the dataset's per-type table (the
@@ -70,8 +70,8 @@ class AVQADataModule(L.LightningDataModule):
                 return None
             sets = concat([load_annotations(self.annotation_path(f), stage, cfg.format)
                            for f in files], stage)
-            if stage == "test" and cfg.table == "music_avqa_r":
-                sets.records = assign_head_tail(sets.records, cfg.head_tail_ratio)
+            if stage == "test" and self.spec.head_tail:
+                sets.records = ensure_head_tail(sets.records, cfg.head_tail_ratio)
         self.annotations[stage] = sets
         log.info(sets.summary())
         return sets
@@ -165,4 +165,4 @@ def _identity(batch):
     return batch
 
 
-__all__ = ["AVQADataModule", "collate"]
+__all__ = ["AVQADataModule"]

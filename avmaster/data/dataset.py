@@ -8,12 +8,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from avmaster.data.batch import Batch
 from avmaster.data.records import QARecord
 from avmaster.data.store import MissingFeaturesError, TextFeatures, VideoFeatures
 from avmaster.data.tables import TableSpec
 from avmaster.data.vocab import NO_LABEL, AnswerVocab
-
-Batch = dict[str, torch.Tensor]
 
 
 def required_texts(records: Sequence[QARecord]) -> list[str]:
@@ -27,7 +26,7 @@ def required_texts(records: Sequence[QARecord]) -> list[str]:
 
 
 class QADataset(Dataset):
-    """Items are dicts of arrays (see :func:`collate`); labels index ``vocab`` or the options.
+    """Items are :class:`~avmaster.data.batch.Batch` dicts; labels index ``vocab`` or the options.
 
     Every video and text the records need is checked up front: missing ones raise one
     :class:`MissingFeaturesError` listing them, before any training starts.
@@ -77,10 +76,10 @@ class QADataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         """A whole batch in a few vectorised reads (DataLoader calls this with the indices of
-        one batch); keys and shapes as in :func:`collate`."""
+        one batch); keys and shapes as in :class:`~avmaster.data.batch.Batch`."""
         idx = np.asarray(indices, dtype=np.int64)
         sentence, tokens, mask = self.text.take(self._text_rows[idx])
-        batch = {
+        batch: Batch = {
             "visual": torch.from_numpy(self.visual.take(self._visual_rows[idx])),
             "audio": torch.from_numpy(self.audio.take(self._audio_rows[idx])),
             "question": torch.from_numpy(sentence),
@@ -95,16 +94,3 @@ class QADataset(Dataset):
             sent, _, _ = self.text.take(opts.reshape(-1))
             batch["options"] = torch.from_numpy(sent.reshape(*opts.shape, -1))
         return batch
-
-
-def collate(batches: Sequence[Batch]) -> Batch:
-    """Concatenate batches from :meth:`QADataset.__getitems__` (token padding re-aligned)."""
-    longest = max(b["question_tokens"].shape[1] for b in batches)
-    out: Batch = {}
-    for key in batches[0]:
-        parts = [b[key] for b in batches]
-        if key in ("question_tokens", "question_mask"):
-            parts = [torch.nn.functional.pad(p, (0, 0, 0, longest - p.shape[1]) if p.dim() == 3
-                                             else (0, longest - p.shape[1])) for p in parts]
-        out[key] = torch.cat(parts)
-    return out

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import h5py
 import numpy as np
 
 from avmaster import __version__
+from avmaster.atomic import atomic_path
 
 SCHEMA_VERSION = 1
 VIDEO_GROUP = "videos"
@@ -73,28 +76,19 @@ def pad_or_trim(x: np.ndarray, seconds: int) -> np.ndarray:
 
 @contextlib.contextmanager
 def atomic_h5(path: Path | str, mode: str = "w") -> Iterator[h5py.File]:
-    """Open a temporary HDF5 file next to ``path``; rename it onto ``path`` only on success.
+    """Open a temporary HDF5 file next to ``path``; rename it onto ``path`` only on success
+    (:func:`avmaster.atomic.atomic_path`).
 
-    A process killed mid-write leaves a ``.tmp-*`` file that no reader ever opens, never a
+    A process killed mid-write leaves a temporary file that no reader ever opens, never a
     half-written ``path``. ``mode='a'`` starts from a copy of an existing ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    if mode == "a" and path.exists():
-        import shutil
-
-        shutil.copyfile(path, tmp)
-    try:
+    with atomic_path(path) as tmp:
+        if mode == "a" and path.exists():
+            shutil.copyfile(path, tmp)
         with h5py.File(tmp, "a" if mode == "a" else "w") as f:
             yield f
             f.flush()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def base_attrs(kind: str, **attrs: Any) -> dict[str, Any]:
@@ -181,6 +175,20 @@ def write_text_features(
         f.attrs.update(base_attrs("text", encoder=encoder, pretrained=pretrained, dim=dim,
                                   dtype=dtype, **dict(extra_attrs or {})))
     return len(texts)
+
+
+def stored_settings(path: Path | str) -> str | None:
+    """The extraction settings (JSON text) a feature or part file was written with, or
+    ``None`` when it records none (e.g. features written by another tool)."""
+    with h5py.File(path, "r") as f:
+        value = f.attrs.get("settings")
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def read_settings(path: Path | str) -> dict[str, Any]:
+    """:func:`stored_settings` as a dict (empty when none are recorded)."""
+    raw = stored_settings(path)
+    return json.loads(raw) if raw else {}
 
 
 def read_attrs(path: Path | str) -> dict[str, Any]:

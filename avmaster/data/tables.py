@@ -19,10 +19,11 @@ class TableSpec:
     name: str
     groups: tuple[str, ...]
     columns: tuple[tuple[str, tuple[int, ...]], ...]
+    head_tail: bool = False  # groups split by MUSIC-AVQA-R's head/tail label
 
     def group_of(self, record: QARecord) -> int:
         key = record.type_key
-        if self.name == "music_avqa_r":
+        if self.head_tail:
             key += "/" + record.extra.get("head_tail", "tail")
         try:
             return self.groups.index(key)
@@ -70,7 +71,7 @@ def _music_spec(name: str, head_tail: bool) -> TableSpec:
             columns += [(MUSIC_AVQA_TYPES[t][2], (t,)) for t in members]
             columns.append((f"{prefix}_avg", tuple(members)))
     columns.append(("avg", tuple(range(len(groups)))))
-    return TableSpec(name, tuple(groups), tuple(columns))
+    return TableSpec(name, tuple(groups), tuple(columns), head_tail)
 
 
 def _avqa_spec() -> TableSpec:

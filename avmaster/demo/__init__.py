@@ -6,7 +6,7 @@ reference -> per-type accuracy table, with AV-Master required to win.
 The dataset is made by :mod:`avmaster.demo.synth`, the features by ``avmaster extract``
 (randomly initialised encoders unless ``--clip-weights`` and ``--vggish-weights`` or
 ``$AVMASTER_CLIP_WEIGHTS`` and ``$AVMASTER_VGGISH_WEIGHTS`` name local weights), the models by
-:func:`avmaster.run.train` with ``data=demo``. Results: ``<out>/results/demo.{json,md,png}``.
+:func:`avmaster.training.train` with ``data=demo``. Results: ``<out>/results/demo.{json,md,png}``.
 The exit status is 1 when AV-Master does not beat the question-only model.
 """
 

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from avmaster.atomic import atomic_write_text
 from avmaster.demo.scene import SynthConfig
 from avmaster.demo.synth import SynthDataset, write_dataset
-from avmaster.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def train_overrides(settings: DemoSettings, out: Path, files: dict[str, Path], n
 
 def _train(overrides: list[str]) -> tuple[dict[str, float], dict[str, int], Path]:
     from avmaster.config import load_config
-    from avmaster.run import train
+    from avmaster.training import train
 
     cfg = load_config(overrides=overrides)
     shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a fresh run, never a resumed one

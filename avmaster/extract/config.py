@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +108,6 @@ class ExtractConfig:
     def stored_seconds(self) -> int | None:
         """Rows per video in the files: ``seconds``, or ``None`` with ``keep_all_seconds``."""
         return None if self.keep_all_seconds else self.seconds
-
-    def replace(self, **changes: Any) -> ExtractConfig:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(changes)
-        return ExtractConfig(**values)
 
 
 def slug(text: str) -> str:

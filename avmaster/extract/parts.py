@@ -24,11 +24,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from avmaster.atomic import atomic_write_text
 from avmaster.data.store import (
     FeatureStoreError,
     atomic_h5,
     decode_name,
     encode_name,
+    stored_settings,
     text_key,
     write_text_features,
     write_video_features,
@@ -46,7 +48,6 @@ from avmaster.extract.config import (
     visual_settings,
 )
 from avmaster.extract.decoded import DUPLICATE_ID, MISSING_FILE, Problem
-from avmaster.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,6 @@ def video_parts_dir(cfg: ExtractConfig) -> Path:
 
 def text_parts_dir(cfg: ExtractConfig) -> Path:
     return feature_paths(cfg).parts / f"text-{settings_hash(text_settings(cfg))}"
-
-
-def stored_settings(path: Path) -> str | None:
-    """The settings JSON a feature or part file was made with (``None``: not recorded)."""
-    with h5py.File(path, "r") as f:
-        value = f.attrs.get("settings")
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def final_matches(path: Path, settings: dict[str, Any]) -> bool:

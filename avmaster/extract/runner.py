@@ -24,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from avmaster.atomic import TEMP_PATTERN, atomic_write_text
 from avmaster.data.annotations import AnnotationError
 from avmaster.data.store import FeatureStoreError, text_key
 from avmaster.extract.config import (
@@ -64,7 +65,6 @@ from avmaster.extract.parts import (
     write_text_part,
 )
 from avmaster.extract.text import collect_texts
-from avmaster.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def remove_stale_temp(folder: Path, older_than: float = STALE_TMP_SECONDS) -> in
     may be writing a fresh one)."""
     n, now = 0, time.time()
     for root in (folder, folder / ".parts"):
-        for tmp in root.rglob(".*.tmp-*") if root.is_dir() else []:
+        for tmp in root.rglob(TEMP_PATTERN) if root.is_dir() else []:
             try:
                 if now - tmp.stat().st_mtime > older_than:
                     tmp.unlink()

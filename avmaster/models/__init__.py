@@ -3,9 +3,11 @@
 from avmaster.models.avmaster import (
     AVMaster,
     AVMasterOutput,
+    Branches,
     Paths,
     as_dims,
     count_parameters,
+    resolve_branches,
     resolve_paths,
 )
 from avmaster.models.blocks import CAB, FFN, MLP, SAB, Attention, SingleKeyCAB
@@ -33,6 +35,7 @@ __all__ = [
     "AVMasterOutput",
     "AnswerDecoder",
     "Attention",
+    "Branches",
     "ClassHead",
     "FeatureDims",
     "FocusCapture",
@@ -50,6 +53,7 @@ __all__ = [
     "ablation",
     "as_dims",
     "count_parameters",
+    "resolve_branches",
     "resolve_paths",
     "to_dataclass",
 ]

@@ -19,7 +19,7 @@ so no parameter exists that would not receive a gradient:
 - w/o all: w/o AVFC + w/o GPAP + no L_c: key fusion of mean-pooled features, one decoder.
 - question only: a decoder reads the question words with the sentence as query.
 
-Loss ablations prune too (:func:`resolve_paths`): a decoder whose answer loss has weight 0 is not
+Loss ablations prune too (:func:`resolve_branches`): a decoder whose answer loss has weight 0 is not
 built (it would stay untrained yet vote), and a preference branch or the key fusion exists only
 while some active loss reads it (e.g. ``L_qa + L_c``: GPAP branches are trained by L_c alone and
 have no decoder). Every built parameter therefore receives a gradient, which also keeps DDP
@@ -43,6 +43,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from avmaster.data.batch import Batch
 from avmaster.models.config import FeatureDims, LossConfig, ModelConfig, to_dataclass
 from avmaster.models.decoders import PathDecoder
 from avmaster.models.focus import FocusCapture
@@ -107,8 +108,9 @@ class AVMasterOutput:
 
 
 @dataclass(frozen=True)
-class Paths:
-    """Which modules a model builds (see :func:`resolve_paths`)."""
+class Branches:
+    """Which modules (branches of the two paths) a model builds (see
+    :func:`resolve_branches`)."""
 
     focus: bool
     fusion: bool
@@ -127,12 +129,12 @@ class Paths:
         return self.fusion or self.visual_pref
 
 
-def resolve_paths(cfg: ModelConfig, loss: LossConfig) -> Paths:
+def resolve_branches(cfg: ModelConfig, loss: LossConfig) -> Branches:
     """The modules that the model switches and the active (weight > 0) losses can train."""
     if cfg.question_only:
         if loss.qa <= 0:
             raise ValueError("the question-only model needs loss.qa > 0")
-        return Paths(False, False, True, False, False, False, False)
+        return Branches(False, False, True, False, False, False, False)
     ape, vpe, tdpp = cfg.audio_preference, cfg.visual_preference, cfg.use_tdpp
     contrastive = tdpp and (ape or vpe) and loss.contrastive > 0
     decoder = tdpp and loss.qa > 0
@@ -140,7 +142,7 @@ def resolve_paths(cfg: ModelConfig, loss: LossConfig) -> Paths:
     if not (decoder or audio_decoder or visual_decoder):
         raise ValueError("no answer decoder is trained: check model paths and loss weights")
     fusion = decoder or contrastive
-    return Paths(
+    return Branches(
         focus=fusion and cfg.use_focus,
         fusion=fusion,
         decoder=decoder,
@@ -149,6 +151,11 @@ def resolve_paths(cfg: ModelConfig, loss: LossConfig) -> Paths:
         visual_pref=visual_decoder or (vpe and contrastive),
         visual_decoder=visual_decoder,
     )
+
+
+# The earlier names (they read like file paths), kept importable.
+Paths = Branches
+resolve_paths = resolve_branches
 
 
 class AVMaster(nn.Module):
@@ -177,8 +184,8 @@ class AVMaster(nn.Module):
         dims = as_dims(dims)
         if not multiple_choice and num_answers < 1:
             raise ValueError("num_answers must be >= 1 unless multiple_choice=True")
-        paths = resolve_paths(cfg, to_dataclass(LossConfig, loss_cfg))
-        self.cfg, self.dims, self.paths = cfg, dims, paths
+        branches = resolve_branches(cfg, to_dataclass(LossConfig, loss_cfg))
+        self.cfg, self.dims, self.branches = cfg, dims, branches
         self.num_answers, self.multiple_choice = num_answers, multiple_choice
         dim, heads, ff, drop = cfg.dim, cfg.heads, cfg.ff_mult, cfg.dropout
 
@@ -190,28 +197,28 @@ class AVMaster(nn.Module):
         self.proj_words = nn.Linear(dims.text, dim)
         self.proj_option = nn.Linear(dims.text, dim) if multiple_choice else None
 
-        self.proj_audio = nn.Linear(dims.audio, dim) if paths.audio else None
-        self.proj_visual = nn.Linear(dims.visual, dim) if paths.visual else None
+        self.proj_audio = nn.Linear(dims.audio, dim) if branches.audio else None
+        self.proj_visual = nn.Linear(dims.visual, dim) if branches.visual else None
         self.focus = (
             FocusCapture(
                 dim, heads, cfg.template_len, ff, drop, cfg.share_attention, cfg.share_bias,
                 cfg.deferred_weight_grads,
             )
-            if paths.focus
+            if branches.focus
             else None
         )
-        self.fusion = KeyFusion(dim, heads, ff, drop) if paths.fusion else None
-        self.decoder = decoder() if paths.decoder else None
+        self.fusion = KeyFusion(dim, heads, ff, drop) if branches.fusion else None
+        self.decoder = decoder() if branches.decoder else None
 
         def preference() -> PreferenceActivation:
             return PreferenceActivation(dim, heads, ff, drop)
 
-        self.audio_pref = preference() if paths.audio_pref else None
-        self.audio_decoder = decoder() if paths.audio_decoder else None
-        self.visual_pref = preference() if paths.visual_pref else None
-        self.visual_decoder = decoder() if paths.visual_decoder else None
+        self.audio_pref = preference() if branches.audio_pref else None
+        self.audio_decoder = decoder() if branches.audio_decoder else None
+        self.visual_pref = preference() if branches.visual_pref else None
+        self.visual_decoder = decoder() if branches.visual_decoder else None
 
-    def forward(self, batch: Mapping[str, Tensor]) -> AVMasterOutput:
+    def forward(self, batch: Batch) -> AVMasterOutput:
         tokens = batch["question_tokens"]
         mask = batch.get("question_mask")
         mask = tokens.new_ones(tokens.shape[:2], dtype=torch.bool) if mask is None else mask.bool()

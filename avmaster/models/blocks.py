@@ -20,14 +20,6 @@ def masked_max(x: Tensor, mask: Tensor | None, dim: int = 1) -> Tensor:
     return x.amax(dim=dim)
 
 
-def masked_mean(x: Tensor, mask: Tensor | None, dim: int = 1) -> Tensor:
-    """Mean over ``dim`` of ``x [B, L, D]`` over positions where ``mask [B, L]`` is True."""
-    if mask is None:
-        return x.mean(dim=dim)
-    w = mask.unsqueeze(-1).to(x.dtype)
-    return (x * w).sum(dim=dim) / w.sum(dim=dim).clamp_min(1.0)
-
-
 class FFN(nn.Module):
     """Position-wise feed-forward: Linear, GELU, dropout, Linear."""
 

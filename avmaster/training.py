@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,15 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from avmaster.atomic import atomic_path, atomic_write_text
 from avmaster.config import Config, to_dict
 from avmaster.data.datamodule import AVQADataModule
-from avmaster.inference import FeatureSettingsCallback, read_settings
-from avmaster.io import atomic_write_text
-from avmaster.lightning_module import AVMasterModule
+from avmaster.data.store import read_settings
+from avmaster.lightning_module import TOP_KEY, AVMasterModule
 from avmaster.metrics import write_results
 
 log = logging.getLogger(__name__)
+CKPT_KEY = "avmaster_features"  # checkpoint entry: the extraction settings of its features
 
 # Two warnings every run would print that say nothing about the user's setup: AVMasterModule's
 # float16 -> float32 cast hook, and a torch deprecation inside Lightning's own code.
@@ -41,14 +42,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+
+class FeatureSettingsCallback(L.Callback):
+    """Stores the training features' extraction settings in every checkpoint (``CKPT_KEY``),
+    so that prediction on a raw video extracts it the same way."""
+
+    def __init__(self, settings: Mapping[str, Any]):
+        self.settings = dict(settings)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_KEY] = self.settings
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -82,40 +89,20 @@ def build_module(cfg: Config, dm: AVQADataModule) -> AVMasterModule:
     """A fresh model sized by the data: feature dims from the files, answers from the vocab."""
     multiple_choice = dm.multiple_choice
     answers = None if multiple_choice else dm.build_vocab().answers
-    module = AVMasterModule(
-        model_cfg=to_dict(cfg.model), loss_cfg=to_dict(cfg.loss), optim_cfg=to_dict(cfg.optim),
-        dims=dm.dims, answers=answers, multiple_choice=multiple_choice,
-    )
+    module = AVMasterModule(model_cfg=cfg.model, loss_cfg=cfg.loss, optim_cfg=cfg.optim,
+                           dims=dm.dims, answers=answers, multiple_choice=multiple_choice)
     if cfg.compile:
         module.model.compile_blocks()  # each block once; parameter names stay as they are
     return module
 
 
 def build_trainer(cfg: Config, *, logs: bool = True, callbacks: list | None = None) -> L.Trainer:
-    t = cfg.trainer
+    """A Trainer with every ``cfg.trainer`` field as its argument of the same name."""
     run_dir = cfg.run_dir
     loggers = [AppendingCSVLogger(run_dir, name="logs", version=""),
                TensorBoardLogger(run_dir, name="tb", version="")] if logs else False
-    return L.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=t.max_epochs,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-        log_every_n_steps=t.log_every_n_steps,
-        gradient_clip_val=t.gradient_clip_val,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
-        limit_test_batches=t.limit_test_batches,
-        check_val_every_n_epoch=t.check_val_every_n_epoch,
-        deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
-        logger=loggers,
-        callbacks=callbacks or [],
-        plugins=[AtomicCheckpointIO()],
-    )
+    return L.Trainer(**asdict(cfg.trainer), default_root_dir=run_dir, logger=loggers,
+                     callbacks=callbacks or [], plugins=[AtomicCheckpointIO()])
 
 
 @dataclass
@@ -196,7 +183,8 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
 
 def write_predictions(trainer: L.Trainer, module: AVMasterModule, dm: AVQADataModule,
                       path: Path) -> None:
-    """One JSON line per test question: id, predicted answer, top-5 answers with probabilities."""
+    """One JSON line per test question: id, predicted answer, the top answers with their
+    probabilities (``top5``)."""
     if trainer.world_size > 1:
         log.warning("predictions are written by single-process evaluation only; rerun "
                     "`avmaster eval ... trainer.devices=1` to get %s", path)
@@ -206,16 +194,13 @@ def write_predictions(trainer: L.Trainer, module: AVMasterModule, dm: AVQADataMo
         return
     records = dm.dataset("test").records
     answers = module.hparams.get("answers")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         for out in outputs:
-            for i, top, prob in zip(out["index"].tolist(), out["top5"].tolist(),
-                                    out["top5_prob"].tolist(), strict=True):
+            for i, top, prob in zip(out["index"].tolist(), out[TOP_KEY].tolist(),
+                                    out[f"{TOP_KEY}_prob"].tolist(), strict=True):
                 r = records[i]
                 names = [answers[k] if answers else (r.options or ())[k] for k in top]
                 f.write(json.dumps({"question_id": r.question_id, "answer": names[0],
-                                    "top5": [[n, round(p, 4)] for n, p in zip(names, prob,
-                                                                              strict=True)]})
+                                    TOP_KEY: [[n, round(p, 4)] for n, p in zip(names, prob,
+                                                                               strict=True)]})
                         + "\n")
-    os.replace(tmp, path)
