@@ -112,7 +112,7 @@ def test_ablation_presets_build_and_train_one_step(overrides):
 def test_bf16_mixed_precision_trains_on_cpu(overrides):
     """``trainer.precision=bf16-mixed`` on CPU: the model runs under bf16 autocast, weights
     and their gradients stay float32, and a training step updates every weight."""
-    from avmaster.run import build_datamodule, build_module, build_trainer
+    from avmaster.training import build_datamodule, build_module, build_trainer
 
     cfg = load_config(overrides=[*overrides, "trainer.precision=bf16-mixed",
                                  "trainer.max_epochs=1", "trainer.limit_train_batches=1",
