@@ -157,3 +157,23 @@ def test_inference_time_variants_of_one_checkpoint(tmp_path, overrides, capsys):
     flat = tmp_path / "runs" / "flat" / "checkpoints" / "last.ckpt"
     assert main(["eval", *overrides, "name=flat", f"ckpt={flat}", "variants=fig6"]) == 2
     assert "no focus templates" in capsys.readouterr().err
+
+
+def test_bf16_mixed_precision_trains_on_cpu(overrides):
+    """``trainer.precision=bf16-mixed`` on CPU: the model runs under bf16 autocast, weights
+    and their gradients stay float32, and a training step updates every weight."""
+    from avmaster.training import build_datamodule, build_module, build_trainer
+
+    cfg = load_config(overrides=[*overrides, "trainer.precision=bf16-mixed",
+                                 "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                                 "trainer.limit_val_batches=1"])
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    seen = []
+    module.model.proj_audio.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    build_trainer(cfg, logs=False).fit(module, datamodule=dm)
+    assert torch.bfloat16 in seen
+    for name, p in module.named_parameters():
+        assert p.dtype == torch.float32 and torch.isfinite(p).all(), name
+        assert not torch.equal(p, before[name]), f"{name} was not updated"

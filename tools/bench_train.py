@@ -2,8 +2,12 @@
 
 The model, loss and optimiser are the training run's (``AVMasterLoss``, ``build_optimizer``).
 
-Prints one line: seconds per step (median and best of ``--steps``), samples/s (from the median)
-and peak memory (CUDA: allocator peak; CPU: peak resident set size of the process). Example::
+Prints one line: seconds per step (median and best of ``--steps``), the process's CPU seconds
+per step (median; with one thread less sensitive than wall time to other jobs on a shared
+machine), samples/s (from the median), the step's matmul/attention work (torch's
+``FlopCounterMode``, counted on one untimed step) and the rate it runs at (per wall and per CPU
+second), and peak memory (CUDA: allocator peak; CPU: peak resident set size of the process).
+Example::
 
     python tools/bench_train.py --batch 8 --seconds 60 --device cpu --threads 2
 """
@@ -18,6 +22,7 @@ import sys
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from avmaster.lightning_module import build_optimizer
 from avmaster.losses import AVMasterLoss
@@ -116,20 +121,28 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(warmup):
         step()
     sync()
+    counter = FlopCounterMode(display=False)
+    with counter:  # one more untimed step (the counter slows it down)
+        step()
+    gflop = counter.get_total_flops() / 1e9
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    dt, best = statistics.median(times), min(times)
+        cpu_times.append(time.process_time() - c0)
+    dt, best, cpu = statistics.median(times), min(times), statistics.median(cpu_times)
     print(
         f"device={device.type} threads={torch.get_num_threads()} batch={args.batch} "
         f"T={args.seconds} L={args.words} dim={args.dim} precision={args.precision} "
         f"compile={args.compile} params={n_params / 1e6:.2f}M step_s={dt:.3f} best_s={best:.3f} "
-        f"samples_per_s={args.batch / dt:.2f} peak_mem_mb={peak_memory_mb(device):.0f}",
+        f"cpu_s={cpu:.3f} "
+        f"samples_per_s={args.batch / dt:.2f} gflop={gflop:.1f} gflop_per_s={gflop / dt:.1f} "
+        f"gflop_per_cpu_s={gflop / cpu:.1f} "
+        f"peak_mem_mb={peak_memory_mb(device):.0f}",
         flush=True,
     )
 

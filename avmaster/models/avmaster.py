@@ -225,7 +225,8 @@ class AVMaster(nn.Module):
                             else None)
         self.focus = (
             FocusCapture(
-                dim, heads, cfg.template_len, ff, drop, cfg.share_attention, cfg.share_bias
+                dim, heads, cfg.template_len, ff, drop, cfg.share_attention, cfg.share_bias,
+                cfg.deferred_weight_grads,
             )
             if branches.focus
             else None

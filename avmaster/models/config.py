@@ -50,6 +50,8 @@ class ModelConfig:
     - ``time_embedding``: not in the paper; ``none`` (default, faithful), ``focus`` or ``all``
       adds a sinusoidal code of each second's index to the focus capture's input or to every
       path's (:mod:`~avmaster.models.time_embedding`).
+    - ``deferred_weight_grads`` (speed only, same math up to float summation order): the focus
+      recurrence's weight gradients in one GEMM over all T seconds; false = plain autograd.
     """
 
     dim: int = 512
@@ -67,6 +69,7 @@ class ModelConfig:
     use_audio: bool = True
     use_visual: bool = True
     time_embedding: str = "none"
+    deferred_weight_grads: bool = True
 
     def __post_init__(self) -> None:
         self.validate()

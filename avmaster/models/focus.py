@@ -13,7 +13,9 @@ Speed without changing the math: with attention shared (``share`` = attention/bo
 visual run as one batch ``[2B, ...]`` through the shared blocks; the CAB's key/value is one
 token, so its attention output (``to_out(to_v(F^k))``) is computed for all k in one matmul
 before the loop (see :class:`~avmaster.models.blocks.SingleKeyCAB`); on CPU the N-token
-self-attention uses SDPA's math backend.
+self-attention uses SDPA's math backend; the weight gradients of the step's linear layers are
+computed once over all T steps after the recurrence (:mod:`avmaster.models.deferred`;
+``deferred_weight_grads=False`` selects plain autograd, the reference it is tested against).
 
 Dropout is applied to the recurrence's inputs (all seconds at once) and to its output, not
 inside the T steps: per-step masks would dominate a CPU step (the RNG costs ~10-20 ns per
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from avmaster.models.blocks import SAB, SingleKeyCAB
+from avmaster.models.deferred import deferred_linears, make_deferrable
 
 
 def small_attention(device: torch.device) -> contextlib.AbstractContextManager:
@@ -43,13 +46,18 @@ def small_attention(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 class FocusStep(nn.Module):
-    """One step of Eq. 2: ``cls^{k-1}, F^k -> cls^k`` (deterministic: no dropout inside)."""
+    """One step of Eq. 2: ``cls^{k-1}, F^k -> cls^k`` (deterministic: no dropout inside).
 
-    def __init__(self, dim: int, heads: int, ff_mult: int = 4):
+    ``deferred_weight_grads``: see :class:`FocusCapture`.
+    """
+
+    def __init__(self, dim: int, heads: int, ff_mult: int = 4, deferred_weight_grads: bool = True):
         super().__init__()
         self.sab1 = SAB(dim, heads, ff_mult)
         self.sab2 = SAB(dim, heads, ff_mult)
         self.cab = SingleKeyCAB(dim, ff_mult)
+        make_deferrable(self)
+        self.deferred_weight_grads = deferred_weight_grads
 
     def forward(self, cls: Tensor, frame: Tensor, frame_attn: Tensor, bias: Tensor) -> Tensor:
         """``cls [B, N, D]``, ``frame [B, 1, D]`` = F^k, ``frame_attn [B, 1, D]`` =
@@ -66,7 +74,8 @@ class FocusStep(nn.Module):
         frames = x.unsqueeze(2).unbind(dim=1)
         frame_attn = self.cab.project(x).unsqueeze(2).unbind(dim=1)
         states = [cls.detach()]
-        with small_attention(x.device):
+        defer = deferred_linears(self) if self.deferred_weight_grads else contextlib.nullcontext()
+        with small_attention(x.device), defer:
             for frame, attn in zip(frames, frame_attn, strict=True):
                 cls = self(cls, frame, attn, bias)
                 states.append(cls.detach())
@@ -92,6 +101,10 @@ class FocusCapture(nn.Module):
     ``share``: ``attention`` = one :class:`FocusStep` for both modalities, one bias each
     (default); ``bias`` = a step each, one shared bias; ``both`` / ``none`` accordingly. The
     initial templates are always per modality.
+
+    ``deferred_weight_grads`` (speed only, same math): the focus step's weight gradients are
+    computed in one GEMM per weight over all T seconds after the recurrence instead of one
+    small GEMM per second; ``False`` is plain autograd, the reference implementation.
     """
 
     def __init__(
@@ -103,12 +116,15 @@ class FocusCapture(nn.Module):
         dropout: float = 0.0,
         share_attention: bool = True,
         share_bias: bool = False,
+        deferred_weight_grads: bool = True,
     ):
         super().__init__()
         self.templates = nn.Parameter(torch.randn(2, template_len, dim))  # audio, visual
         self.bias = nn.Parameter(0.02 * torch.randn(1 if share_bias else 2, template_len, dim))
         n_steps = 1 if share_attention else 2
-        self.steps = nn.ModuleList(FocusStep(dim, heads, ff_mult) for _ in range(n_steps))
+        self.steps = nn.ModuleList(
+            FocusStep(dim, heads, ff_mult, deferred_weight_grads) for _ in range(n_steps)
+        )
         self.drop = nn.Dropout(dropout)
 
     def forward(self, audio: Tensor, visual: Tensor, steps: int | None = None) -> FocusOutput:
