@@ -12,6 +12,7 @@ import torch
 from conftest import make_features
 
 from avmaster.cli import main
+from avmaster.config import preset_configs
 from avmaster.data.annotations import load_annotations
 from avmaster.data.dataset import QADataset
 from avmaster.data.records import QARecord
@@ -24,7 +25,7 @@ from avmaster.data.store import (
 from avmaster.data.tables import get_table
 from avmaster.data.vocab import AnswerVocab
 from avmaster.lightning_module import AVMasterModule, build_optimizer
-from avmaster.models import ModelConfig, OptimConfig, ablation
+from avmaster.models import ModelConfig, OptimConfig
 from avmaster.probe import (
     ORIGINAL,
     PROBES,
@@ -156,7 +157,7 @@ def write_task(root: Path, records, audio, visual) -> QADataset:
 
 def trained(preset: str, train: QADataset) -> AVMasterModule:
     base = ModelConfig(dim=32, heads=4, template_len=4, decoder_depth=1, dropout=0.0)
-    cfg, loss = ablation(preset, base)
+    cfg, loss = preset_configs(preset, base)
     torch.manual_seed(0)
     module = AVMasterModule(cfg, loss, OptimConfig(lr=LR), {"visual": DV, "audio": DA,
                                                             "text": DQ}, answers=["yes", "no"])
