@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from avmaster.models import AVMaster, ModelConfig, ablation
+from avmaster.config import preset_configs
+from avmaster.models import AVMaster, ModelConfig
 from avmaster.models.time_embedding import sinusoids
 
 DIMS = {"visual": 6, "audio": 5, "text": 7}
@@ -25,7 +26,7 @@ def batch(seed: int = 0) -> dict[str, torch.Tensor]:
 def model(preset: str, time_embedding: str) -> AVMaster:
     base = ModelConfig(dim=16, heads=2, template_len=2, decoder_depth=1, dropout=0.0,
                        time_embedding=time_embedding)
-    cfg, loss = ablation(preset, base)
+    cfg, loss = preset_configs(preset, base)
     torch.manual_seed(0)
     return AVMaster(cfg, DIMS, 4, loss_cfg=loss).eval()
 

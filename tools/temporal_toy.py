@@ -18,9 +18,10 @@ import time
 
 import torch
 
+from avmaster.config import preset_configs
 from avmaster.lightning_module import build_optimizer
 from avmaster.losses import AVMasterLoss
-from avmaster.models import AVMaster, FeatureDims, ModelConfig, OptimConfig, ablation
+from avmaster.models import AVMaster, FeatureDims, ModelConfig, OptimConfig
 
 DIMS = FeatureDims(visual=16, audio=16, text=8)
 EVENT_NORM = 2.0  # event strength in units of the noise's norm per second
@@ -52,7 +53,7 @@ def make_data(n: int, seconds: int, gap: int, seed: int) -> dict[str, torch.Tens
 
 def train(preset: str, time_embedding: str, data: dict[str, torch.Tensor], steps: int,
           batch: int, dim: int, lr: float, seed: int) -> AVMaster:
-    cfg, loss_cfg = ablation(preset, ModelConfig(dim=dim, heads=4, template_len=4,
+    cfg, loss_cfg = preset_configs(preset, ModelConfig(dim=dim, heads=4, template_len=4,
                                                  decoder_depth=1, dropout=0.0,
                                                  time_embedding=time_embedding))
     torch.manual_seed(seed)
