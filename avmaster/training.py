@@ -22,11 +22,12 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
 from avmaster.atomic import atomic_path, atomic_write_text
-from avmaster.config import FULL, Config, load_config, switch_keys, to_dict
+from avmaster.config import FULL, Config, ConfigError, load_config, switch_keys, to_dict
 from avmaster.data.datamodule import AVQADataModule
 from avmaster.data.store import read_settings
 from avmaster.lightning_module import TOP_KEY, AVMasterModule
 from avmaster.metrics import write_results
+from avmaster.models.avmaster import AVMaster
 from avmaster.models.config import InferenceConfig
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,30 @@ def results_name(data: str, row: str = "") -> str:
     return f"results_{data}__{safe}" if safe else f"results_{data}"
 
 
+def check_inference(inference: InferenceConfig, model: AVMaster, steps: int, ckpt: str | Path,
+                    where: str) -> None:
+    """Refuse inference settings the checkpoint's model cannot honour (a dropped path it does
+    not have, a readout without focus templates or past the last second), naming ``where``."""
+    voters = {"tdpp": model.decoder, "audio": model.audio_decoder,
+              "visual": model.visual_decoder}
+    have = {name for name, decoder in voters.items() if decoder is not None}
+    missing = sorted(set(inference.drop) - have)
+    if missing:
+        raise ConfigError(f"{where}: drop={inference.drop}, but the model in {ckpt} has no "
+                          f"{', '.join(missing)} path (it has {sorted(have)}); evaluate a "
+                          "checkpoint of the full model")
+    if not have - set(inference.drop):
+        raise ConfigError(f"{where}: drop={inference.drop} leaves none of the paths of the "
+                          f"model in {ckpt} ({sorted(have)}) to answer")
+    k = inference.readout_step
+    if k is not None and model.focus is None:
+        raise ConfigError(f"{where}: readout_step={k}, but the model in {ckpt} has no focus "
+                          "templates (w/o AVFC or w/o TDPP); the readout (fig6) does not apply")
+    if k is not None and not 0 <= k < steps:
+        raise ConfigError(f"{where}: readout_step={k} must be between 0 and {steps - 1} (the "
+                          "model sees data.segments or data.seconds steps)")
+
+
 @dataclass
 class TrainResult:
     best_ckpt: str
@@ -251,6 +276,8 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
 
         return evaluate_variants(cfg, ckpt)
     module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
+    check_inference(cfg.inference, module.model, cfg.data.segments or cfg.data.seconds, ckpt,
+                    "inference")
     module.inference = cfg.inference
     record = checkpoint_record(ckpt, cfg)
     dm = build_datamodule(cfg, answers=module.hparams.get("answers"))

@@ -154,4 +154,9 @@ def test_inference_time_variants_of_one_checkpoint(tmp_path, overrides, capsys):
                  "ablation=wo_avfc", "name=flat"]) == 0
     flat = tmp_path / "runs" / "flat" / "checkpoints" / "last.ckpt"
     assert main(["eval", *overrides, "name=flat", f"ckpt={flat}", "variants=fig6"]) == 2
-    assert "no focus templates" in capsys.readouterr().err
+    assert "variants=fig6, row k00: readout_step=0, but" in capsys.readouterr().err
+    assert main(["eval", *overrides, f"ckpt={ckpt}", "inference.readout_step=4"]) == 2
+    assert "readout_step=4 must be between 0 and 3" in capsys.readouterr().err
+    assert main(["eval", *overrides, f"ckpt={ckpt}",
+                 "inference.drop=[tdpp,audio,visual]"]) == 2
+    assert "leaves none of the paths" in capsys.readouterr().err
