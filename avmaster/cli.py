@@ -46,9 +46,13 @@ def cmd_train(argv: Sequence[str]) -> int:
 def cmd_eval(argv: Sequence[str]) -> int:
     from avmaster.config import load_config
     from avmaster.training import evaluate
+    from avmaster.variants import evaluate_variants
 
     cfg = load_config(*_config_args(argv, "eval"))
-    evaluate(cfg)
+    if cfg.variants:  # one checkpoint, one results file per inference-time row
+        evaluate_variants(cfg)
+    else:
+        evaluate(cfg)
     return 0
 
 

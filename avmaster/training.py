@@ -188,6 +188,15 @@ def results_name(data: str, row: str = "") -> str:
     return f"results_{data}__{safe}" if safe else f"results_{data}"
 
 
+def checkpoint_path(ckpt: str | None) -> str:
+    """The checkpoint to evaluate; a missing one is an error that says so."""
+    if not ckpt:
+        raise ValueError("evaluation needs a checkpoint: pass ckpt=path/to/file.ckpt")
+    if not Path(ckpt).exists():
+        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+    return str(ckpt)
+
+
 def check_inference(inference: InferenceConfig, model: AVMaster, steps: int, ckpt: str | Path,
                     where: str) -> None:
     """Refuse inference settings the checkpoint's model cannot honour (a dropped path it does
@@ -266,15 +275,10 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True
     """Per-type accuracy of a checkpoint on ``data.test``; writes ``results.json``/``.md`` and,
     with ``save_predictions``, ``predictions.jsonl`` (question id, answer, top-5) in the run
     folder. Returns the table (percent)."""
-    ckpt = ckpt or cfg.ckpt
-    if not ckpt:
-        raise ValueError("evaluation needs a checkpoint: pass ckpt=path/to/file.ckpt")
-    if not Path(ckpt).exists():
-        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+    ckpt = checkpoint_path(ckpt or cfg.ckpt)
     if cfg.variants:
-        from avmaster.variants import evaluate_variants
-
-        return evaluate_variants(cfg, ckpt)
+        raise ConfigError(f"variants={','.join(cfg.variants)}: evaluated by "
+                          "avmaster.variants.evaluate_variants (as `avmaster eval` does)")
     module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
     check_inference(cfg.inference, module.model, cfg.data.segments or cfg.data.seconds, ckpt,
                     "inference")

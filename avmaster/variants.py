@@ -33,6 +33,7 @@ from avmaster.training import (
     build_datamodule,
     build_trainer,
     check_inference,
+    checkpoint_path,
     checkpoint_record,
     result_label,
     results_meta,
@@ -74,9 +75,11 @@ def path_scores(preds: PathPredictions) -> dict[str, float]:
             for name in preds.probs}
 
 
-def evaluate_variants(cfg: Config, ckpt: str) -> dict[str, float]:
-    """Score ``ckpt`` under every row of ``cfg.variants``; writes one results file per row and
-    ``variants_<data>.json`` (row -> overall accuracy); returns that mapping."""
+def evaluate_variants(cfg: Config, ckpt: str | None = None) -> dict[str, float]:
+    """Score ``ckpt`` (default ``cfg.ckpt``) under every row of ``cfg.variants``; writes one
+    results file per row and ``variants_<data>.json`` (row -> overall accuracy); returns that
+    mapping."""
+    ckpt = checkpoint_path(ckpt or cfg.ckpt)
     variants = [load_variant(name) for name in cfg.variants]
     module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
     record = checkpoint_record(ckpt, cfg)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_model import DIMS, SMALL, C, assert_every_parameter_learns, make_batch
+from helpers import DIMS, SMALL, C, assert_every_parameter_learns, make_batch
 
 from avmaster.config import (
     FULL,
