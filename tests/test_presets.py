@@ -219,3 +219,12 @@ def test_inference_settings_the_model_cannot_honour_are_refused() -> None:
         check_inference(InferenceConfig(drop=["audio"]), model, 5, "x.ckpt",
                         "variants=table12, row wo_ape")
     check_inference(InferenceConfig(readout_step=4), model, 5, "x.ckpt", "inference")
+
+
+def test_segments_keep_evenly_spaced_seconds() -> None:
+    """Fig. 4: S of the T seconds, the centre of each of S equal windows."""
+    from avmaster.data.segments import segment_seconds
+
+    assert segment_seconds(60, 12).tolist() == list(range(2, 60, 5))
+    assert segment_seconds(4, 2).tolist() == [1, 3]
+    assert segment_seconds(60, None) is None and segment_seconds(60, 60) is None
