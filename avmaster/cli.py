@@ -67,6 +67,7 @@ def cmd_eval(argv: Sequence[str]) -> int:
 
     from avmaster.config import load_config
     from avmaster.training import evaluate
+    from avmaster.variants import evaluate_variants
 
     cfg = load_config(*args)
     if cfg.ckpt and Path(cfg.ckpt).is_dir():  # a run folder, or one of several seeds
@@ -74,7 +75,10 @@ def cmd_eval(argv: Sequence[str]) -> int:
 
         evaluate_folder(cfg, Path(cfg.ckpt))
         return 0
-    evaluate(cfg)
+    if cfg.variants:  # one checkpoint, one results file per inference-time row
+        evaluate_variants(cfg)
+    else:
+        evaluate(cfg)
     return 0
 
 

@@ -25,11 +25,12 @@ from omegaconf import OmegaConf
 
 from avmaster.atomic import atomic_path, atomic_write_text
 from avmaster.checkpoints import LAST, newest_readable, read_checkpoint
-from avmaster.config import FULL, Config, load_config, switch_keys, to_dict
+from avmaster.config import FULL, Config, ConfigError, load_config, switch_keys, to_dict
 from avmaster.data.datamodule import AVQADataModule
 from avmaster.data.store import read_settings
 from avmaster.lightning_module import TOP_KEY, AVMasterModule
 from avmaster.metrics import write_results
+from avmaster.models.avmaster import AVMaster
 from avmaster.models.config import InferenceConfig
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,39 @@ def results_name(data: str, row: str = "") -> str:
     return f"results_{data}__{safe}" if safe else f"results_{data}"
 
 
+def checkpoint_path(ckpt: str | None) -> str:
+    """The checkpoint to evaluate; a missing one is an error that says so."""
+    if not ckpt:
+        raise ValueError("evaluation needs a checkpoint: pass ckpt=path/to/file.ckpt")
+    if not Path(ckpt).exists():
+        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+    return str(ckpt)
+
+
+def check_inference(inference: InferenceConfig, model: AVMaster, steps: int, ckpt: str | Path,
+                    where: str) -> None:
+    """Refuse inference settings the checkpoint's model cannot honour (a dropped path it does
+    not have, a readout without focus templates or past the last second), naming ``where``."""
+    voters = {"tdpp": model.decoder, "audio": model.audio_decoder,
+              "visual": model.visual_decoder}
+    have = {name for name, decoder in voters.items() if decoder is not None}
+    missing = sorted(set(inference.drop) - have)
+    if missing:
+        raise ConfigError(f"{where}: drop={inference.drop}, but the model in {ckpt} has no "
+                          f"{', '.join(missing)} path (it has {sorted(have)}); evaluate a "
+                          "checkpoint of the full model")
+    if not have - set(inference.drop):
+        raise ConfigError(f"{where}: drop={inference.drop} leaves none of the paths of the "
+                          f"model in {ckpt} ({sorted(have)}) to answer")
+    k = inference.readout_step
+    if k is not None and model.focus is None:
+        raise ConfigError(f"{where}: readout_step={k}, but the model in {ckpt} has no focus "
+                          "templates (w/o AVFC or w/o TDPP); the readout (fig6) does not apply")
+    if k is not None and not 0 <= k < steps:
+        raise ConfigError(f"{where}: readout_step={k} must be between 0 and {steps - 1} (the "
+                          "model sees data.segments or data.seconds steps)")
+
+
 @dataclass
 class TrainResult:
     best_ckpt: str
@@ -295,15 +329,14 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True,
     """Per-type accuracy of a checkpoint on ``data.test``; writes ``results.json``/``.md`` and,
     with ``save_predictions``, ``predictions.jsonl`` (question id, answer, top-5) in the run
     folder. Returns the table (percent)."""
-    ckpt = ckpt or cfg.ckpt
-    if not ckpt:
-        raise ValueError("evaluation needs a checkpoint: pass ckpt=path/to/file.ckpt")
-    read_checkpoint(ckpt)  # one clear error for a missing or truncated file
+    ckpt = checkpoint_path(ckpt or cfg.ckpt)
+    read_checkpoint(ckpt)  # one clear error for a truncated file
     if cfg.variants:
-        from avmaster.variants import evaluate_variants
-
-        return evaluate_variants(cfg, ckpt)
+        raise ConfigError(f"variants={','.join(cfg.variants)}: evaluated by "
+                          "avmaster.variants.evaluate_variants (as `avmaster eval` does)")
     module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
+    check_inference(cfg.inference, module.model, cfg.data.segments or cfg.data.seconds, ckpt,
+                    "inference")
     module.inference = cfg.inference
     record = checkpoint_record(ckpt, cfg)
     # after training, its datamodule (files loaded once, warnings given once) is reused

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from avmaster.atomic import atomic_write_text
-from avmaster.config import Config, ConfigError, VariantRow, load_variant
+from avmaster.config import Config, VariantRow, load_variant
 from avmaster.data.vocab import NO_LABEL
 from avmaster.lightning_module import PATH_PREFIX, AVMasterModule
 from avmaster.metrics import GroupedAccuracy, write_results
@@ -32,6 +32,8 @@ from avmaster.models.config import InferenceConfig
 from avmaster.training import (
     build_datamodule,
     build_trainer,
+    check_inference,
+    checkpoint_path,
     checkpoint_record,
     result_label,
     results_meta,
@@ -73,9 +75,11 @@ def path_scores(preds: PathPredictions) -> dict[str, float]:
             for name in preds.probs}
 
 
-def evaluate_variants(cfg: Config, ckpt: str) -> dict[str, float]:
-    """Score ``ckpt`` under every row of ``cfg.variants``; writes one results file per row and
-    ``variants_<data>.json`` (row -> overall accuracy); returns that mapping."""
+def evaluate_variants(cfg: Config, ckpt: str | None = None) -> dict[str, float]:
+    """Score ``ckpt`` (default ``cfg.ckpt``) under every row of ``cfg.variants``; writes one
+    results file per row and ``variants_<data>.json`` (row -> overall accuracy); returns that
+    mapping."""
+    ckpt = checkpoint_path(ckpt or cfg.ckpt)
     variants = [load_variant(name) for name in cfg.variants]
     module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
     record = checkpoint_record(ckpt, cfg)
@@ -85,9 +89,9 @@ def evaluate_variants(cfg: Config, ckpt: str) -> dict[str, float]:
     steps = cfg.data.segments or cfg.data.seconds
     rows: list[tuple[str, VariantRow]] = [(v.name, row) for v in variants
                                           for row in v.expand(steps, cfg.inference)]
-    if module.model.focus is None and any(r.inference.readout_step is not None for _, r in rows):
-        raise ConfigError(f"{ckpt}: this model has no focus templates (w/o AVFC or w/o TDPP); "
-                          "the readout variant (fig6) does not apply to it")
+    for group_name, row in rows:
+        check_inference(row.inference, module.model, steps, ckpt,
+                        f"variants={group_name}, row {row.name}")
     dm.setup("test")
     cache: dict[int | None, PathPredictions] = {}
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_model import DIMS, SMALL, C, assert_every_parameter_learns, make_batch
+from helpers import DIMS, SMALL, C, assert_every_parameter_learns, make_batch
 
 from avmaster.config import (
     FULL,
@@ -208,3 +208,23 @@ def test_readout_after_step_k_equals_the_recurrence_over_k_plus_one_seconds() ->
     assert early.focus_maps["audio"].shape[-1] == 3
     # only the templates change: the preference paths read every second either way
     assert torch.equal(early.audio_logits, last.audio_logits)
+
+
+def test_inference_settings_the_model_cannot_honour_are_refused() -> None:
+    from avmaster.training import check_inference
+
+    model_cfg, loss_cfg = preset_configs("wo_gpap", SMALL)
+    model = AVMaster(model_cfg, DIMS, C, loss_cfg=loss_cfg)
+    with pytest.raises(ConfigError, match=r"variants=table12, row wo_ape: .* has no audio path"):
+        check_inference(InferenceConfig(drop=["audio"]), model, 5, "x.ckpt",
+                        "variants=table12, row wo_ape")
+    check_inference(InferenceConfig(readout_step=4), model, 5, "x.ckpt", "inference")
+
+
+def test_segments_keep_evenly_spaced_seconds() -> None:
+    """Fig. 4: S of the T seconds, the centre of each of S equal windows."""
+    from avmaster.data.segments import segment_seconds
+
+    assert segment_seconds(60, 12).tolist() == list(range(2, 60, 5))
+    assert segment_seconds(4, 2).tolist() == [1, 3]
+    assert segment_seconds(60, None) is None and segment_seconds(60, 60) is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -10,66 +9,10 @@ import pytest
 
 matplotlib.use("Agg")
 
+from helpers import make_results
+
 from avmaster import reports
-from avmaster.config import load_config, load_variant, preset_names
-from avmaster.data.tables import get_table
-from avmaster.metrics import write_results
-from avmaster.training import result_label, results_meta, run_record
-
-
-def table_values(table: str, base: float) -> dict[str, float]:
-    return {c: base + k for k, (c, _) in enumerate(get_table(table).columns)}
-
-
-def write_run(folder: Path, data: str, table: str, base: float, *, meta: dict | None = None,
-              method: str = "AV-Master (ours)", name: str = "") -> Path:
-    """A results file as ``avmaster train``/``eval`` writes it."""
-    spec = get_table(table)
-    js, _ = write_results(folder / f"results_{data}{name}", spec, table_values(table, base),
-                          {c: 10 for c, _ in spec.columns}, method,
-                          meta={"data": data, "test": ["test.json"], **(meta or {})})
-    return js
-
-
-def write_eval(folder: Path, base: float, overrides: list[str], variant: tuple = ()) -> Path:
-    """What ``avmaster eval`` writes for a model trained with ``overrides`` (and, given
-    ``variant`` = (group, row), for one inference-time row of it)."""
-    cfg = load_config(overrides=["data=music_avqa", *overrides])
-    record = run_record(cfg)
-    inference, tag, extra = cfg.inference, "", {}
-    if variant:
-        group, row = variant
-        spec = next(r for r in load_variant(group).expand(4, cfg.inference) if r.name == row)
-        inference, tag = spec.inference, f"{group}: {row}"
-        extra = {"variant": group, "row": row, "setting": spec.setting,
-                 "paper": load_variant(group).paper}
-    meta = {**results_meta(cfg, "x.ckpt", record, inference), **extra}
-    return write_run(folder, "music_avqa", "music_avqa", base, meta=meta,
-                     method=result_label(record, tag),
-                     name=f"__{'-'.join(variant)}" if variant else "")
-
-
-def make_results(root: Path) -> Path:
-    """A results folder: MUSIC-AVQA runs (full, two ablations, inference-time rows), a v2.0 run
-    and a demo."""
-    write_eval(root / "full", 70.0, [])
-    write_eval(root / "full", 65.0, [], ("table12", "wo_ape"))
-    for k, base in enumerate((50.0, 52.0, 51.0, 58.0)):  # a Fig. 6 curve over T = 4 steps
-        write_eval(root / "full", base, [], ("fig6", f"k{k:02d}"))
-    write_eval(root / "wo_avfc", 60.0, ["ablation=wo_avfc"])
-    write_eval(root / "wo_avfc", 55.0, ["ablation=wo_avfc"], ("table13", "mul"))
-    write_run(root / "named", "music_avqa", "music_avqa", 50.0, meta={"ablation": "template_4"})
-    write_run(root / "v2", "music_avqa_v2_balance", "music_avqa_v2", 40.0,
-              meta={"test": ["bias_set/test_bias.json"]})
-    run = write_run(root / "demo" / "runs" / "avmaster", "demo", "music_avqa", 90.0)
-    demo = root / "demo" / "results"
-    demo.mkdir(parents=True)
-    (demo / "demo.json").write_text(json.dumps({
-        "table": "music_avqa", "rows": {"AV-Master": table_values("music_avqa", 90.0),
-                                        "question only": table_values("music_avqa", 30.0)},
-        "meta": {"data": "demo", "sources": [str(Path("..") / run.relative_to(root / "demo"))],
-                 "ablations": {"AV-Master": "full", "question only": "question_only"}}}))
-    return root
+from avmaster.config import load_variant, preset_names
 
 
 @pytest.fixture

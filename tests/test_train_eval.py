@@ -9,32 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_features
 
 from avmaster.cli import main
 from avmaster.config import load_config
-from avmaster.data.annotations import load_annotations
 from avmaster.training import results_name
-
-TINY = ["model.dim=32", "model.heads=2", "model.template_len=2", "model.decoder_depth=1",
-        "data.batch_size=16", "data.eval_batch_size=32", "data.num_workers=0",
-        "data.pin_memory=false", "trainer.accelerator=cpu", "trainer.devices=1",
-        "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
-
-
-@pytest.fixture
-def overrides(tmp_path, fixtures):
-    files = ["music_avqa_val_sample.json", "music_avqa_test_sample.json"]
-    records = [r for f in files for r in load_annotations(fixtures / f).records]
-    paths = make_features(tmp_path / "features", records, seconds=4)
-    return [*TINY, "data=music_avqa", f"data.annotations_dir={fixtures}",
-            "data.train=[music_avqa_val_sample.json]", "data.val=[music_avqa_val_sample.json]",
-            "data.test=[music_avqa_test_sample.json]", "data.seconds=4",
-            f"data.features_dir={tmp_path / 'features'}",
-            f"data.visual_features={paths['visual'].name}",
-            f"data.audio_features={paths['audio'].name}",
-            f"data.text_features={paths['text'].name}", f"output_dir={tmp_path / 'runs'}",
-            "name=tiny"]
 
 
 def _logged_epochs(metrics: Path, column: str) -> set[str]:
@@ -42,11 +20,11 @@ def _logged_epochs(metrics: Path, column: str) -> set[str]:
         return {row["epoch"] for row in csv.DictReader(f) if row.get(column)}
 
 
-def test_train_resume_eval_score(tmp_path, fixtures, overrides, capsys, caplog):
-    assert main(["train", *overrides, "trainer.max_epochs=1"]) == 0
-    run = tmp_path / "runs" / "tiny"
-    last = run / "checkpoints" / "last.ckpt"
-    assert last.exists() and (run / "config.json").exists()
+def test_train_resume_eval_score(tiny_run, fixtures, capsys, caplog):
+    """Continues the session's shared run (the only test that changes it: a copy would not do,
+    Lightning's checkpoint callback keeps absolute paths and would write last-v1.ckpt)."""
+    overrides, run, last = tiny_run.overrides, tiny_run.run_dir, tiny_run.ckpt
+    assert last.exists() and (run / "config.json").exists()  # trained for one epoch
     steps = torch.load(last, weights_only=False)["global_step"]
     assert steps == 7  # 108 questions, batch 16
     assert "avmaster_features" in torch.load(last, weights_only=False)
@@ -73,7 +51,7 @@ def test_train_resume_eval_score(tmp_path, fixtures, overrides, capsys, caplog):
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
     assert len(lines) == 108 and len(lines[0]["top5"]) == 5
 
-    scored = tmp_path / "scored"
+    scored = tiny_run.root / "scored"
     assert main(["score", "--predictions", str(preds), "--annotations",
                  str(fixtures / "music_avqa_test_sample.json"), "--out", str(scored)]) == 0
     rescored = json.loads(scored.with_suffix(".json").read_text())["accuracy"]
@@ -81,44 +59,50 @@ def test_train_resume_eval_score(tmp_path, fixtures, overrides, capsys, caplog):
         assert rescored[col] == pytest.approx(acc, abs=1e-6), col
 
 
-def test_command_line_prints_each_log_line_once(overrides):
-    done = subprocess.run([sys.executable, "-m", "avmaster.cli", "train", *overrides,
-                           "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                           "trainer.limit_val_batches=1"],
+def test_command_line_prints_each_log_line_once(tiny_run, tmp_path):
+    """A fresh process, as users run it: Lightning attaches its own log handler only when the
+    root logger has none at import, which is never the case inside pytest."""
+    done = subprocess.run([sys.executable, "-m", "avmaster.cli", "eval", *tiny_run.overrides,
+                           f"ckpt={tiny_run.ckpt}", f"output_dir={tmp_path}",
+                           "save_predictions=false"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     log = done.stdout + done.stderr
     # Lightning's lines come once, from its own handler, not again through the root logger
     assert "INFO: GPU available:" in log and "INFO lightning." not in log, log
-    for split in ("train", "val", "test"):  # ours, once each (also after evaluation)
-        assert log.count(f"INFO avmaster.data.datamodule: {split}: 108 questions") == 1, log
+    assert log.count("INFO avmaster.data.datamodule: test: 108 questions") == 1, log
     assert "Tip:" not in log  # Lightning's advertising for optional packages
 
 
-def test_eval_needs_a_checkpoint(overrides, capsys):
-    assert main(["eval", *overrides, "ckpt=/nonexistent.ckpt"]) == 2
+def test_eval_needs_a_checkpoint(tiny_run, capsys):
+    assert main(["eval", *tiny_run.overrides, "ckpt=/nonexistent.ckpt"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
 
-def test_ablation_presets_build_and_train_one_step(overrides):
+def test_ablation_presets_build_and_train_one_step(tiny_run, tmp_path):
     from avmaster.training import build_datamodule, build_module, build_trainer
 
-    for preset in ("ablation=wo_tdpp", "ablation=wo_all", "ablation=question_only",
-                   "ablation=share_none", "ablation=loss_qa", "ablation=inputs_v_q",
-                   "data.segments=2"):
-        cfg = load_config(overrides=[*overrides, preset, "trainer.max_epochs=1",
+    for name in ("ablation=wo_tdpp", "ablation=wo_all", "ablation=question_only",
+                 "ablation=share_none", "ablation=loss_qa", "ablation=inputs_v_q",
+                 "data.segments=2"):
+        cfg = load_config(overrides=[*tiny_run.overrides, f"output_dir={tmp_path}",
+                                     name, "trainer.max_epochs=1",
                                      "trainer.limit_train_batches=1",
                                      "trainer.limit_val_batches=1"])
         dm = build_datamodule(cfg)
         module = build_module(cfg, dm)
-        build_trainer(cfg, logs=False).fit(module, datamodule=dm)
+        trainer = build_trainer(cfg, logs=False)
+        trainer.fit(module, datamodule=dm)
+        assert trainer.global_step == 1, name
+        assert torch.isfinite(trainer.callback_metrics["train/loss"]), name
 
 
-def test_inference_time_variants_of_one_checkpoint(tmp_path, overrides, capsys):
+def test_inference_time_variants_of_one_checkpoint(tiny_run, tmp_path, capsys):
     """Train once, then Tables XII and XIII and the Fig. 6 curve from that one checkpoint."""
+    overrides = [*tiny_run.overrides, f"output_dir={tmp_path}"]
     assert main(["train", *overrides, "trainer.max_epochs=1", "ablation=wo_dpcl",
                  "model.share=attention"]) == 0  # the default value: no ablation
-    run = tmp_path / "runs" / "tiny"
+    run = tmp_path / "tiny"
     ckpt = run / "checkpoints" / "last.ckpt"
     assert main(["eval", *overrides, f"ckpt={ckpt}", "variants=table12,table13,fig6"]) == 0
     rows = {p.name[len("results_music_avqa__"):-len(".json")]: json.loads(p.read_text())
@@ -145,18 +129,24 @@ def test_inference_time_variants_of_one_checkpoint(tmp_path, overrides, capsys):
     for row, setting in (("table12-wo_avpe", "inference.drop=[audio,visual]"),
                          ("table13-mul", "inference.combine=mul"),
                          ("fig6-k01", "inference.readout_step=1")):
-        assert main(["eval", *overrides, f"ckpt={ckpt}", setting]) == 0
+        assert main(["eval", *overrides, f"ckpt={ckpt}", setting,
+                     "save_predictions=false"]) == 0
         name = results_name("music_avqa", setting)
         assert name.startswith("results_music_avqa__inference")
         single = json.loads((run / f"{name}.json").read_text())
         assert single["accuracy"] == pytest.approx(rows[row]["accuracy"]), row
-    # a model without focus templates has no readout curve
+    # settings the model cannot honour are refused, naming the row
     capsys.readouterr()
     assert main(["train", *overrides, "trainer.max_epochs=1", "trainer.limit_train_batches=1",
                  "ablation=wo_avfc", "name=flat"]) == 0
-    flat = tmp_path / "runs" / "flat" / "checkpoints" / "last.ckpt"
+    flat = tmp_path / "flat" / "checkpoints" / "last.ckpt"
     assert main(["eval", *overrides, "name=flat", f"ckpt={flat}", "variants=fig6"]) == 2
-    assert "no focus templates" in capsys.readouterr().err
+    assert "variants=fig6, row k00: readout_step=0, but" in capsys.readouterr().err
+    assert main(["eval", *overrides, f"ckpt={ckpt}", "inference.readout_step=4"]) == 2
+    assert "readout_step=4 must be between 0 and 3" in capsys.readouterr().err
+    assert main(["eval", *overrides, f"ckpt={ckpt}",
+                 "inference.drop=[tdpp,audio,visual]"]) == 2
+    assert "leaves none of the paths" in capsys.readouterr().err
 
 
 def test_bf16_mixed_precision_trains_on_cpu(overrides):
