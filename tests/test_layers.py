@@ -9,7 +9,12 @@ training (config, losses, metrics, LightningModule, the loop); reports and the c
 from __future__ import annotations
 
 import ast
+import functools
+import importlib
+import sys
 from pathlib import Path
+
+import pytest
 
 import avmaster
 
@@ -56,6 +61,7 @@ def layer(module: str) -> int:
     return best
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     return {m: {i for i in imports(p) if i in modules and i != m} for m, p in modules.items()}
@@ -101,3 +107,11 @@ def test_the_checker_sees_a_back_edge(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from avmaster.metrics import GroupedAccuracy\n")
     assert imports(bad) == {"avmaster.metrics", "avmaster.metrics.GroupedAccuracy"}
+
+
+def test_renamed_modules_still_import(monkeypatch):
+    for old, new in avmaster.MOVED_MODULES.items():
+        monkeypatch.delitem(sys.modules, old, raising=False)
+        with pytest.warns(DeprecationWarning, match=new):
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new)
