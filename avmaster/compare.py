@@ -27,7 +27,7 @@ from avmaster.data.vocab import AnswerVocab
 from avmaster.paths import resolve
 from avmaster.scoring import PredictionError, read_predictions, score
 from avmaster.seeds import seed_folders
-from avmaster.stats import LEVEL, RESAMPLES, PairedColumn, paired_comparison
+from avmaster.stats import BOOTSTRAP_SEED, LEVEL, RESAMPLES, PairedColumn, paired_comparison
 
 PREDICTIONS_GLOB = "predictions_*.jsonl"
 SHOWN_IDS = 5  # question ids an error message lists
@@ -105,7 +105,7 @@ def _differ(a: set[str], b: set[str], what: str, name_a: str, name_b: str) -> No
 
 
 def compare(a: Side, b: Side, records: Sequence[QARecord], spec: TableSpec,
-            vocab: AnswerVocab | None, resamples: int = RESAMPLES, seed: int = 0
+            vocab: AnswerVocab | None, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED
             ) -> dict[str, PairedColumn]:
     """Score both sides on ``records`` and compare them column by column; a side with several
     seeds counts each question as its fraction of seeds answering it correctly."""
@@ -134,7 +134,7 @@ def _vocab(records: Sequence[QARecord], answers: str | None) -> AnswerVocab | No
 
 
 def compare_runs(a: Path | str, b: Path | str, data: str | None = None,
-                 resamples: int = RESAMPLES, seed: int = 0) -> dict[str, PairedColumn]:
+                 resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, PairedColumn]:
     """:func:`compare` of two run folders on the test split they were evaluated on."""
     return _compare_runs(load_side(str(a), data), load_side(str(b), data), resamples, seed)
 
@@ -190,7 +190,7 @@ def main(argv: Sequence[str]) -> int:
                     help="answer vocabulary for predictions files (JSON list)")
     ap.add_argument("--head-tail-ratio", type=float, default=1.2)
     ap.add_argument("--resamples", type=int, default=RESAMPLES)
-    ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    ap.add_argument("--seed", type=int, default=BOOTSTRAP_SEED, help="bootstrap seed")
     ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = ap.parse_args(argv)
     try:

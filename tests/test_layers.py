@@ -1,6 +1,6 @@
 """The import graph of the package: no cycle, and no module importing a higher layer.
 
-Layers, lowest first: the base (package root, atomic writes, paths); the file formats
+Layers, lowest first: the base (package root, atomic writes, paths, statistics); the file formats
 (question records, annotation loading, the HDF5 feature store: what feature extraction reads
 and writes); extraction; data loading (vocabulary, tables, batch, dataset, datamodule); models;
 training (config, losses, metrics, LightningModule, the loop); reports and the command line.
@@ -20,14 +20,16 @@ import avmaster
 
 PACKAGE = Path(avmaster.__file__).parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [  # (name, module prefixes), lowest first
-    ("base", ("avmaster", "avmaster.atomic", "avmaster.paths")),
+    ("base", ("avmaster", "avmaster.atomic", "avmaster.paths", "avmaster.stats")),
     ("formats", ("avmaster.data.records", "avmaster.data.annotations", "avmaster.data.store")),
     ("extract", ("avmaster.extract",)),
     ("data", ("avmaster.data",)),
     ("models", ("avmaster.models",)),
     ("training", ("avmaster.config", "avmaster.losses", "avmaster.metrics",
-                  "avmaster.lightning_module", "avmaster.training", "avmaster.variants")),
-    ("reports/CLI", ("avmaster.reports", "avmaster.scoring", "avmaster.inference",
+                  "avmaster.lightning_module", "avmaster.training", "avmaster.variants",
+                  "avmaster.seeds")),
+    ("reports/CLI", ("avmaster.reports", "avmaster.scoring", "avmaster.compare",
+                     "avmaster.inference",
                      "avmaster.predict", "avmaster.explain", "avmaster.cli", "avmaster.demo")),
 ]
 

@@ -7,14 +7,15 @@ import json
 
 import numpy as np
 import pytest
-from test_train_eval import overrides  # noqa: F401  (fixture)
+from helpers import tiny_overrides
 
 from avmaster import reports
 from avmaster.cli import main
 from avmaster.stats import clopper_pearson
 
 
-def test_seeds_aggregate_eval_compare(tmp_path, overrides, capsys):  # noqa: F811
+def test_seeds_aggregate_eval_compare(tmp_path, capsys):
+    overrides = tiny_overrides(tmp_path)
     fast = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "save_predictions=true"]
     assert main(["train", "--seeds", "2", *overrides, *fast]) == 0
     run = tmp_path / "runs" / "tiny"
