@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # (name, module prefixes), lowest
     ("training", ("avmaster.config", "avmaster.losses", "avmaster.metrics",
                   "avmaster.lightning_module", "avmaster.training")),
     ("reports/CLI", ("avmaster.reports", "avmaster.scoring", "avmaster.inference",
-                     "avmaster.predict", "avmaster.explain", "avmaster.cli", "avmaster.demo")),
+                     "avmaster.predict", "avmaster.explain", "avmaster.probe", "avmaster.cli",
+                     "avmaster.demo")),
 ]
 
 
