@@ -99,7 +99,7 @@ def cmd_probe(argv: Sequence[str]) -> int:
     p.add_argument("--out", default=None,
                    help="write OUT.json/.md/.png (default <run dir>/probe_<data>)")
     p.add_argument("overrides", nargs="*", help="key=value")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # options may follow the key=value overrides
     cfg = load_config(a.config, a.overrides)
     try:
         report, files = probe_checkpoint(cfg, a.probes.split(","), a.seed, a.out,

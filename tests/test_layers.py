@@ -30,7 +30,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # (name, module prefixes), lowest
                   "avmaster.seeds")),
     ("reports/CLI", ("avmaster.reports", "avmaster.scoring", "avmaster.compare",
                      "avmaster.inference",
-                     "avmaster.predict", "avmaster.explain", "avmaster.cli", "avmaster.demo")),
+                     "avmaster.predict", "avmaster.explain", "avmaster.probe",
+                     "avmaster.cli", "avmaster.demo")),
 ]
 
 

@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import make_features
+from helpers import assert_clean, make_features, outputs, run_notebook
 
 from avmaster.cli import main
 from avmaster.config import preset_configs
@@ -196,22 +196,9 @@ def test_reversal_probe_catches_an_order_sensitive_model(tmp_path) -> None:
     assert "reversed" in files["md"].read_text()
 
 
-def test_probe_command_and_notebook(tmp_path, fixtures, capsys, monkeypatch) -> None:
-    from test_train_eval import TINY
-
-    records = load_annotations(fixtures / "music_avqa_test_sample.json").records
-    paths = make_features(tmp_path / "features", records, seconds=SECONDS)
-    overrides = [*TINY, "data=music_avqa", f"data.annotations_dir={fixtures}",
-                 "data.train=[music_avqa_test_sample.json]",
-                 "data.val=[music_avqa_test_sample.json]",
-                 "data.test=[music_avqa_test_sample.json]", f"data.seconds={SECONDS}",
-                 f"data.features_dir={tmp_path / 'features'}",
-                 f"data.visual_features={paths['visual'].name}",
-                 f"data.audio_features={paths['audio'].name}",
-                 f"data.text_features={paths['text'].name}", f"output_dir={tmp_path / 'runs'}",
-                 "name=tiny", "trainer.max_epochs=1"]
-    assert main(["train", *overrides]) == 0
-    ckpt = tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt"
+def test_probe_command_and_notebook(tiny_run, tmp_path, capsys, monkeypatch) -> None:
+    overrides = [*tiny_run.overrides, f"output_dir={tmp_path / 'runs'}"]  # writes stay here
+    ckpt = tiny_run.ckpt
     capsys.readouterr()
     assert main(["probe", "--probes", "reversed,question_only", "--per-template", *overrides,
                  f"ckpt={ckpt}"]) == 0
@@ -219,11 +206,9 @@ def test_probe_command_and_notebook(tmp_path, fixtures, capsys, monkeypatch) -> 
     assert "question_only" in out and "answers changed" in out
     assert "| Is the <Object> in the video always playing? | " in out  # a template's row
     assert (tmp_path / "runs" / "tiny" / "probe_music_avqa.png").exists()
-    assert main(["probe", "--probes", "backwards", *overrides, f"ckpt={ckpt}"]) == 2
+    assert main(["probe", *overrides, f"ckpt={ckpt}", "--probes", "backwards"]) == 2
     assert "unknown probe 'backwards'" in capsys.readouterr().err
     # the notebook probes the same checkpoint live and shows every report it finds
-    from test_notebooks import assert_clean, outputs, run_notebook
-
     monkeypatch.setenv("AVMASTER_PROBE_CKPT", str(ckpt))
     monkeypatch.setenv("AVMASTER_PROBE_OVERRIDES", " ".join(overrides))
     nb = run_notebook("probes.ipynb", tmp_path / "runs", monkeypatch, tmp_path)
