@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from helpers import DIMS, REPO, SMALL, B, C, K, ListData, T, make_batch
 
 from avmaster.lightning_module import AnswerAccuracy, AVMasterModule
 from avmaster.losses import AVMasterLoss
@@ -26,7 +26,6 @@ from avmaster.models import (
     AnswerDecoder,
     AVMaster,
     AVMasterOutput,
-    FeatureDims,
     FocusCapture,
     FocusStep,
     KeyFusion,
@@ -39,38 +38,9 @@ from avmaster.models import (
     deferred,
 )
 
-B, T, L_MAX, C, K = 3, 5, 6, 7, 4
-DIMS = FeatureDims(visual=12, audio=10, text=16)
-SMALL = ModelConfig(dim=32, heads=4, template_len=3, decoder_depth=2, dropout=0.0)
-REPO = Path(__file__).resolve().parents[1]
-
+L_MAX = 6  # question words
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def make_batch(
-    b: int = B,
-    t: int = T,
-    lengths: tuple[int, ...] = (6, 2, 4),
-    options: bool = False,
-    seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    n = max(lengths)
-    mask = torch.arange(n)[None] < torch.tensor(lengths)[:, None]
-    batch = {
-        "visual": torch.randn(b, t, DIMS.visual, generator=g),
-        "audio": torch.randn(b, t, DIMS.audio, generator=g),
-        "question_tokens": torch.randn(b, n, DIMS.text, generator=g) * mask[..., None],
-        "question_mask": mask,
-        "question": torch.randn(b, DIMS.text, generator=g),
-        "label": torch.randint(0, K if options else C, (b,), generator=g),
-        "group": torch.zeros(b, dtype=torch.long),
-        "index": torch.arange(b),
-    }
-    if options:
-        batch["options"] = torch.randn(b, K, DIMS.text, generator=g)
-    return batch
 
 
 def build(
@@ -173,56 +143,6 @@ def test_focus_depends_on_temporal_order() -> None:
     a, v = torch.randn(1, T, 32), torch.randn(1, T, 32)
     out, flipped = focus(a, v), focus(a.flip(1), v.flip(1))
     assert not torch.allclose(out.audio, flipped.audio, atol=1e-3)
-
-
-def _outputs_and_grads(model: AVMaster, loss_cfg: LossConfig, batch, precision: str = "32",
-                       retain: bool = False):
-    model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16-mixed"):
-        out = model(batch)
-        loss = AVMasterLoss(loss_cfg)(out, batch["label"])["loss"]
-    loss.backward(retain_graph=retain)
-    if retain:
-        loss.backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    return [t.float() for t in output_tensors(out)], grads
-
-
-@pytest.mark.parametrize(("share", "flush_rows"), [("attention", 20), ("none", 1024)])
-def test_deferred_weight_grads_equal_plain_autograd(share: str, flush_rows: int,
-                                                    monkeypatch) -> None:
-    """Same outputs and every parameter's gradient as the plain eager reference (fp32), also
-    when a retained graph is back-propagated twice; reduced in chunks of two uses or at once."""
-    monkeypatch.setattr(deferred, "FLUSH_ROWS", flush_rows)
-    batch = make_batch(seed=3)
-    model, loss_cfg = build(share=share)
-    reference = copy.deepcopy(model)
-    for step in reference.focus.steps:
-        step.deferred_weight_grads = False
-    assert all(step.deferred_weight_grads for step in model.focus.steps)
-    for retain in (False, True):
-        out, grads = _outputs_and_grads(model.train(), loss_cfg, batch, retain=retain)
-        ref_out, ref_grads = _outputs_and_grads(reference.train(), loss_cfg, batch, retain=retain)
-        for a, b in zip(out, ref_out, strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
-        assert grads.keys() == ref_grads.keys()
-        assert all(g is not None for g in grads.values())
-        for name, g in grads.items():
-            torch.testing.assert_close(g, ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
-
-
-def test_deferred_weight_grads_under_bf16_autocast() -> None:
-    """bf16 autocast on CPU: deferred and plain gradients agree to bf16 precision."""
-    batch = make_batch(seed=4)
-    model, loss_cfg = build()
-    reference = copy.deepcopy(model)
-    reference.focus.steps[0].deferred_weight_grads = False
-    _, grads = _outputs_and_grads(model.train(), loss_cfg, batch, "bf16-mixed")
-    _, ref_grads = _outputs_and_grads(reference.train(), loss_cfg, batch, "bf16-mixed")
-    for name, g in grads.items():
-        assert g.dtype == torch.float32, name
-        scale = ref_grads[name].abs().max().item()
-        torch.testing.assert_close(g, ref_grads[name], rtol=0, atol=0.05 * scale, msg=name)
 
 
 def test_fusion_preference_decoder_shapes() -> None:
@@ -437,19 +357,6 @@ def test_config_validation() -> None:
 # -- Lightning ----------------------------------------------------------------------------------
 
 
-class ListData(L.LightningDataModule):
-    """In-memory batches; without a table ``spec`` the module scores plain accuracy."""
-
-    def __init__(self, batches: list[dict[str, torch.Tensor]]):
-        super().__init__()
-        self.batches = batches
-
-    def _loader(self) -> DataLoader:
-        return DataLoader(self.batches, batch_size=None)
-
-    train_dataloader = val_dataloader = test_dataloader = predict_dataloader = _loader
-
-
 def module(**kwargs) -> AVMasterModule:
     torch.manual_seed(0)
     return AVMasterModule(model_cfg=SMALL, dims=dataclasses.asdict(DIMS), **kwargs)
@@ -489,6 +396,7 @@ def test_lightning_fit_test_predict_and_checkpoint_round_trip(tmp_path: Path) ->
         assert torch.equal(pl_module(batch).probs(), loaded(batch).probs())
 
 
+@pytest.mark.slow
 def test_compiled_blocks_match_eager_and_keep_parameter_names() -> None:
     """``compile=true`` (regional ``torch.compile``) changes neither the math nor the state dict
     keys, so checkpoints move between compiled and eager models. ``aot_eager`` traces forward
@@ -548,7 +456,7 @@ DDP_SCRIPT = """
 import dataclasses, sys, torch, lightning as L
 from torch.utils.data import DataLoader
 sys.path.insert(0, {tests!r})
-from test_model import ListData, make_batch, SMALL, DIMS, C
+from helpers import ListData, make_batch, SMALL, DIMS, C
 from avmaster.lightning_module import AVMasterModule
 
 if __name__ == "__main__":
@@ -583,3 +491,56 @@ def test_ddp_two_process_cpu_smoke(tmp_path: Path) -> None:
     assert sorted(x.split()[0] for x in lines) == ["RANK0", "RANK1"]
     assert all("WORLD2" in x for x in lines)
     assert len({x.split()[2] for x in lines}) == 1  # both ranks log the same synced accuracy
+
+
+# -- deferred weight gradients of the focus recurrence -----------------------------------------
+
+
+def _outputs_and_grads(model: AVMaster, loss_cfg: LossConfig, batch, precision: str = "32",
+                       retain: bool = False):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16-mixed"):
+        out = model(batch)
+        loss = AVMasterLoss(loss_cfg)(out, batch["label"])["loss"]
+    loss.backward(retain_graph=retain)
+    if retain:
+        loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    return [t.float() for t in output_tensors(out)], grads
+
+
+@pytest.mark.parametrize(("share", "flush_rows"), [("attention", 20), ("none", 1024)])
+def test_deferred_weight_grads_equal_plain_autograd(share: str, flush_rows: int,
+                                                    monkeypatch) -> None:
+    """Same outputs and every parameter's gradient as the plain eager reference (fp32), also
+    when a retained graph is back-propagated twice; reduced in chunks of two uses or at once."""
+    monkeypatch.setattr(deferred, "FLUSH_ROWS", flush_rows)
+    batch = make_batch(seed=3)
+    model, loss_cfg = build(share=share)
+    reference = copy.deepcopy(model)
+    for step in reference.focus.steps:
+        step.deferred_weight_grads = False
+    assert all(step.deferred_weight_grads for step in model.focus.steps)
+    for retain in (False, True):
+        out, grads = _outputs_and_grads(model.train(), loss_cfg, batch, retain=retain)
+        ref_out, ref_grads = _outputs_and_grads(reference.train(), loss_cfg, batch, retain=retain)
+        for a, b in zip(out, ref_out, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert grads.keys() == ref_grads.keys()
+        assert all(g is not None for g in grads.values())
+        for name, g in grads.items():
+            torch.testing.assert_close(g, ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_deferred_weight_grads_under_bf16_autocast() -> None:
+    """bf16 autocast on CPU: deferred and plain gradients agree to bf16 precision."""
+    batch = make_batch(seed=4)
+    model, loss_cfg = build()
+    reference = copy.deepcopy(model)
+    reference.focus.steps[0].deferred_weight_grads = False
+    _, grads = _outputs_and_grads(model.train(), loss_cfg, batch, "bf16-mixed")
+    _, ref_grads = _outputs_and_grads(reference.train(), loss_cfg, batch, "bf16-mixed")
+    for name, g in grads.items():
+        assert g.dtype == torch.float32, name
+        scale = ref_grads[name].abs().max().item()
+        torch.testing.assert_close(g, ref_grads[name], rtol=0, atol=0.05 * scale, msg=name)
