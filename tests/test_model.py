@@ -155,56 +155,6 @@ def test_focus_depends_on_temporal_order() -> None:
     assert not torch.allclose(out.audio, flipped.audio, atol=1e-3)
 
 
-def _outputs_and_grads(model: AVMaster, loss_cfg: LossConfig, batch, precision: str = "32",
-                       retain: bool = False):
-    model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16-mixed"):
-        out = model(batch)
-        loss = AVMasterLoss(loss_cfg)(out, batch["label"])["loss"]
-    loss.backward(retain_graph=retain)
-    if retain:
-        loss.backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    return [t.float() for t in output_tensors(out)], grads
-
-
-@pytest.mark.parametrize(("share", "flush_rows"), [("attention", 20), ("none", 1024)])
-def test_deferred_weight_grads_equal_plain_autograd(share: str, flush_rows: int,
-                                                    monkeypatch) -> None:
-    """Same outputs and every parameter's gradient as the plain eager reference (fp32), also
-    when a retained graph is back-propagated twice; reduced in chunks of two uses or at once."""
-    monkeypatch.setattr(deferred, "FLUSH_ROWS", flush_rows)
-    batch = make_batch(seed=3)
-    model, loss_cfg = build(share=share)
-    reference = copy.deepcopy(model)
-    for step in reference.focus.steps:
-        step.deferred_weight_grads = False
-    assert all(step.deferred_weight_grads for step in model.focus.steps)
-    for retain in (False, True):
-        out, grads = _outputs_and_grads(model.train(), loss_cfg, batch, retain=retain)
-        ref_out, ref_grads = _outputs_and_grads(reference.train(), loss_cfg, batch, retain=retain)
-        for a, b in zip(out, ref_out, strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
-        assert grads.keys() == ref_grads.keys()
-        assert all(g is not None for g in grads.values())
-        for name, g in grads.items():
-            torch.testing.assert_close(g, ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
-
-
-def test_deferred_weight_grads_under_bf16_autocast() -> None:
-    """bf16 autocast on CPU: deferred and plain gradients agree to bf16 precision."""
-    batch = make_batch(seed=4)
-    model, loss_cfg = build()
-    reference = copy.deepcopy(model)
-    reference.focus.steps[0].deferred_weight_grads = False
-    _, grads = _outputs_and_grads(model.train(), loss_cfg, batch, "bf16-mixed")
-    _, ref_grads = _outputs_and_grads(reference.train(), loss_cfg, batch, "bf16-mixed")
-    for name, g in grads.items():
-        assert g.dtype == torch.float32, name
-        scale = ref_grads[name].abs().max().item()
-        torch.testing.assert_close(g, ref_grads[name], rtol=0, atol=0.05 * scale, msg=name)
-
-
 def test_fusion_preference_decoder_shapes() -> None:
     a, v, w = torch.randn(B, T, 32), torch.randn(B, T, 32), torch.randn(B, L_MAX, 32)
     mask = torch.ones(B, L_MAX, dtype=torch.bool)
@@ -485,3 +435,56 @@ def test_occlusion_matches_one_second_at_a_time_and_ignores_unseen_inputs():
     blind.eval()
     for drop in occlusion(blind, batch, target=2).values():
         assert drop.abs().max() < 1e-6  # batch-size rounding only
+
+
+# -- deferred weight gradients of the focus recurrence -----------------------------------------
+
+
+def _outputs_and_grads(model: AVMaster, loss_cfg: LossConfig, batch, precision: str = "32",
+                       retain: bool = False):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16-mixed"):
+        out = model(batch)
+        loss = AVMasterLoss(loss_cfg)(out, batch["label"])["loss"]
+    loss.backward(retain_graph=retain)
+    if retain:
+        loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    return [t.float() for t in output_tensors(out)], grads
+
+
+@pytest.mark.parametrize(("share", "flush_rows"), [("attention", 20), ("none", 1024)])
+def test_deferred_weight_grads_equal_plain_autograd(share: str, flush_rows: int,
+                                                    monkeypatch) -> None:
+    """Same outputs and every parameter's gradient as the plain eager reference (fp32), also
+    when a retained graph is back-propagated twice; reduced in chunks of two uses or at once."""
+    monkeypatch.setattr(deferred, "FLUSH_ROWS", flush_rows)
+    batch = make_batch(seed=3)
+    model, loss_cfg = build(share=share)
+    reference = copy.deepcopy(model)
+    for step in reference.focus.steps:
+        step.deferred_weight_grads = False
+    assert all(step.deferred_weight_grads for step in model.focus.steps)
+    for retain in (False, True):
+        out, grads = _outputs_and_grads(model.train(), loss_cfg, batch, retain=retain)
+        ref_out, ref_grads = _outputs_and_grads(reference.train(), loss_cfg, batch, retain=retain)
+        for a, b in zip(out, ref_out, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert grads.keys() == ref_grads.keys()
+        assert all(g is not None for g in grads.values())
+        for name, g in grads.items():
+            torch.testing.assert_close(g, ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_deferred_weight_grads_under_bf16_autocast() -> None:
+    """bf16 autocast on CPU: deferred and plain gradients agree to bf16 precision."""
+    batch = make_batch(seed=4)
+    model, loss_cfg = build()
+    reference = copy.deepcopy(model)
+    reference.focus.steps[0].deferred_weight_grads = False
+    _, grads = _outputs_and_grads(model.train(), loss_cfg, batch, "bf16-mixed")
+    _, ref_grads = _outputs_and_grads(reference.train(), loss_cfg, batch, "bf16-mixed")
+    for name, g in grads.items():
+        assert g.dtype == torch.float32, name
+        scale = ref_grads[name].abs().max().item()
+        torch.testing.assert_close(g, ref_grads[name], rtol=0, atol=0.05 * scale, msg=name)

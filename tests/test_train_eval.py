@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_overrides
 
 from avmaster.cli import main
 from avmaster.config import load_config
@@ -149,12 +150,12 @@ def test_inference_time_variants_of_one_checkpoint(tiny_run, tmp_path, capsys):
     assert "leaves none of the paths" in capsys.readouterr().err
 
 
-def test_bf16_mixed_precision_trains_on_cpu(overrides):
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     """``trainer.precision=bf16-mixed`` on CPU: the model runs under bf16 autocast, weights
     and their gradients stay float32, and a training step updates every weight."""
     from avmaster.training import build_datamodule, build_module, build_trainer
 
-    cfg = load_config(overrides=[*overrides, "trainer.precision=bf16-mixed",
+    cfg = load_config(overrides=[*tiny_overrides(tmp_path), "trainer.precision=bf16-mixed",
                                  "trainer.max_epochs=1", "trainer.limit_train_batches=1",
                                  "trainer.limit_val_batches=1"])
     dm = build_datamodule(cfg)
