@@ -83,16 +83,15 @@ def cmd_eval(argv: Sequence[str]) -> int:
 
 
 def cmd_probe(argv: Sequence[str]) -> int:
-    from avmaster.config import ConfigError, load_config
-    from avmaster.probe import PROBES, probe_checkpoint, summary
-
     p = argparse.ArgumentParser(prog="avmaster probe", description=(
         "Per-type accuracy of a checkpoint on the test split under controlled input changes "
         "(time reversed or shuffled, audio or visual swapped with another video's, silenced "
         "or blanked, question only), next to the unchanged input. Overrides are key=value."))
     p.add_argument("--config", default=None, help="YAML file (default configs/avmaster.yaml)")
-    p.add_argument("--probes", default=",".join(PROBES), metavar="P1,P2",
-                   help="comma-separated probes to run (default all)")
+    p.add_argument("--probes", default=None, metavar="P1,P2",
+                   help="comma-separated probes to run (default: all of reversed, shuffled, "
+                        "audio_swapped, visual_swapped, audio_silenced, visual_blanked, "
+                        "question_only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffles and swaps")
     p.add_argument("--per-template", action="store_true",
                    help="also one row per question template (accuracy under each probe)")
@@ -100,9 +99,13 @@ def cmd_probe(argv: Sequence[str]) -> int:
                    help="write OUT.json/.md/.png (default <run dir>/probe_<data>)")
     p.add_argument("overrides", nargs="*", help="key=value")
     a = p.parse_intermixed_args(argv)  # options may follow the key=value overrides
+    from avmaster.config import ConfigError, load_config
+    from avmaster.probe import PROBES, probe_checkpoint, summary
+
     cfg = load_config(a.config, a.overrides)
+    probes = a.probes.split(",") if a.probes else list(PROBES)
     try:
-        report, files = probe_checkpoint(cfg, a.probes.split(","), a.seed, a.out,
+        report, files = probe_checkpoint(cfg, probes, a.seed, a.out,
                                          per_template=a.per_template)
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -180,7 +183,7 @@ COMMANDS = {
     "config": cmd_config,
     "compare": _delegate("avmaster.compare"),
     "extract": _delegate("avmaster.extract.runner"),
-    "import-features": _delegate("avmaster.extract.importer"),
+    "import-features": _delegate("avmaster.extract.import_command"),
     "demo": _delegate("avmaster.demo"),
     "predict": _delegate("avmaster.predict"),
     "explain": _delegate("avmaster.explain"),

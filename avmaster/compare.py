@@ -25,8 +25,6 @@ from avmaster.data.records import QARecord
 from avmaster.data.tables import TableSpec, get_table
 from avmaster.data.vocab import AnswerVocab
 from avmaster.paths import resolve
-from avmaster.scoring import PredictionError, read_predictions, score
-from avmaster.seeds import seed_folders
 from avmaster.stats import BOOTSTRAP_SEED, LEVEL, RESAMPLES, PairedColumn, paired_comparison
 
 PREDICTIONS_GLOB = "predictions_*.jsonl"
@@ -86,6 +84,9 @@ def _run_records(folder: Path, predictions: Path) -> tuple[list[QARecord], str]:
 
 def load_side(path: str, data: str | None) -> Side:
     """A predictions file, a run folder, or a folder of seed runs (every seed's predictions)."""
+    from avmaster.scoring import read_predictions
+    from avmaster.seeds import seed_folders
+
     p = Path(path)
     if p.is_dir():
         files = [_run_predictions(run, data) for run in seed_folders(p) or [p]]
@@ -109,6 +110,8 @@ def compare(a: Side, b: Side, records: Sequence[QARecord], spec: TableSpec,
             ) -> dict[str, PairedColumn]:
     """Score both sides on ``records`` and compare them column by column; a side with several
     seeds counts each question as its fraction of seeds answering it correctly."""
+    from avmaster.scoring import score  # torch: imported on use, so that --help stays light
+
     first = a.predictions[0]
     for side in (a, b):
         for k, preds in enumerate(side.predictions):
@@ -193,6 +196,8 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--seed", type=int, default=BOOTSTRAP_SEED, help="bootstrap seed")
     ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = ap.parse_args(argv)
+    from avmaster.scoring import PredictionError
+
     try:
         a, b = load_side(args.a, args.data), load_side(args.b, args.data)
     except PredictionError as e:

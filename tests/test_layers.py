@@ -1,9 +1,10 @@
 """The import graph of the package: no cycle, and no module importing a higher layer.
 
 Layers, lowest first: the base (package root, atomic writes, paths, statistics); the file formats
-(question records, annotation loading, the HDF5 feature store: what feature extraction reads
-and writes); extraction; data loading (vocabulary, tables, batch, dataset, datamodule); models;
-training (config, losses, metrics, LightningModule, the loop); reports and the command line.
+(question records, the answer vocabulary, the data settings, annotation loading, the HDF5
+feature store: what feature extraction reads and writes); extraction; data loading (tables,
+batch, dataset, datamodule); models; training (config, losses, metrics, LightningModule, the
+loop); reports and the command line.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import avmaster
 PACKAGE = Path(avmaster.__file__).parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [  # (name, module prefixes), lowest first
     ("base", ("avmaster", "avmaster.atomic", "avmaster.paths", "avmaster.stats")),
-    ("formats", ("avmaster.data.records", "avmaster.data.annotations", "avmaster.data.store")),
+    ("formats", ("avmaster.data.records", "avmaster.data.vocab", "avmaster.data.config",
+                 "avmaster.data.annotations", "avmaster.data.store")),
     ("extract", ("avmaster.extract",)),
     ("data", ("avmaster.data",)),
     ("models", ("avmaster.models",)),
@@ -29,8 +31,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # (name, module prefixes), lowest
                   "avmaster.lightning_module", "avmaster.training", "avmaster.variants",
                   "avmaster.seeds")),
     ("reports/CLI", ("avmaster.reports", "avmaster.scoring", "avmaster.compare",
-                     "avmaster.inference",
-                     "avmaster.predict", "avmaster.explain", "avmaster.probe",
+                     "avmaster.inference", "avmaster.predict", "avmaster.explain",
+                     "avmaster.attribution", "avmaster.probe",
                      "avmaster.cli", "avmaster.demo")),
 ]
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avmaster.paths import config_dirs
+
 DEFAULT_MODEL = "ViT-L-14-336"  # AV-Master's peers' CLIP; the paper's ViT-L-14 is selectable
 DEFAULT_PRETRAINED = "openai"
 TINY_MODEL = "avmaster-tiny"  # shipped config (model_configs/): random weights, for tests/demos
@@ -266,3 +268,24 @@ def settings_hash(*settings: dict[str, Any]) -> str:
     """Short stable hash naming the parts folder of one set of settings."""
     blob = "|".join(settings_json(s) for s in settings)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+RELEASES_DIR = "releases"  # configs/releases/<name>.yaml: released feature formats
+INTERRUPTED = 130  # exit status of extract / import-features after Ctrl-C, as shells report it
+
+
+def release_names() -> list[str]:
+    return sorted({f.stem for d in config_dirs() for f in (d / RELEASES_DIR).glob("*.yaml")})
+
+
+@dataclass
+class ImportConfig:
+    release: str
+    npy: Path
+    out: Path = Path("features")
+    annotations: tuple[str, ...] = ()
+    annotation_format: str = "auto"
+    seconds: int = 60  # T the release is expected to have (counted, never enforced)
+    dtype: str = "float16"
+    part_videos: int = 256
+    progress: bool = True

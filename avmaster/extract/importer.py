@@ -16,12 +16,9 @@ only when the file's encoder agrees (:func:`avmaster.data.store.check_same_encod
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
-import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -36,7 +33,6 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from tqdm import tqdm
 
 from avmaster.atomic import atomic_write_text
-from avmaster.data.annotations import AnnotationError
 from avmaster.data.store import (
     IMPORTED,
     FeatureStoreError,
@@ -49,17 +45,21 @@ from avmaster.data.store import (
     read_attrs,
     write_video_features,
 )
-from avmaster.extract.config import PARTS_DIR, settings_hash
+from avmaster.extract.config import (
+    PARTS_DIR,
+    RELEASES_DIR,
+    ImportConfig,
+    release_names,
+    settings_hash,
+)
 from avmaster.extract.parts import PART_BYTES, list_parts, video_ids_in
 from avmaster.extract.text import collect_texts
 from avmaster.paths import config_dirs
 
 log = logging.getLogger(__name__)
 
-RELEASES_DIR = "releases"
 IMPORT_PART = "import"
 LAYOUTS = ("vector", "class_and_patches")
-INTERRUPTED = 128 + signal.SIGINT  # exit status after Ctrl-C, as shells report it
 SHOWN = 8  # ids listed in the report before "... (+N more)"
 PATCH_LAYOUT = "row = one second: tokens_per_frame x token_dim, row-major; class token excluded"
 
@@ -88,10 +88,6 @@ class Release:
     name: str = ""
 
 
-def release_names() -> list[str]:
-    return sorted({f.stem for d in config_dirs() for f in (d / RELEASES_DIR).glob("*.yaml")})
-
-
 def load_release(name: str) -> Release:
     """A release format by name (or a YAML path); unknown keys are errors."""
     path = Path(name)
@@ -112,19 +108,6 @@ def load_release(name: str) -> Release:
         raise ImportFeaturesError(f"{path}: layout {release.layout!r} needs one of {LAYOUTS}, "
                                   "and class_and_patches needs patch_file")
     return release
-
-
-@dataclass
-class ImportConfig:
-    release: str
-    npy: Path
-    out: Path = Path("features")
-    annotations: tuple[str, ...] = ()
-    annotation_format: str = "auto"
-    seconds: int = 60  # T the release is expected to have (counted, never enforced)
-    dtype: str = "float16"
-    part_videos: int = 256
-    progress: bool = True
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -384,48 +367,3 @@ def run_import(cfg: ImportConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = ImportConfig(release="", npy=Path())
-    p = argparse.ArgumentParser(
-        prog="avmaster import-features",
-        description="Import released per-video .npy features into the HDF5 feature store. "
-                    "Resumable: a rerun continues; kill it at any time.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--release", required=True,
-                   help=f"release format: {', '.join(release_names())} (configs/releases/)")
-    p.add_argument("--npy", type=Path, required=True, help="folder of <video_id>.npy files")
-    p.add_argument("--out", type=Path, default=d.out, help="feature folder (the store)")
-    p.add_argument("--annotations", nargs="+", action="extend", default=[], metavar="FILE",
-                   help="annotation files: report their videos that have no features")
-    p.add_argument("--annotation-format", default=d.annotation_format,
-                   choices=("auto", "music_avqa", "avqa"))
-    p.add_argument("--seconds", type=int, default=d.seconds,
-                   help="expected T: videos with another T are counted (and kept as stored)")
-    p.add_argument("--dtype", default=d.dtype, choices=("float16", "float32"))
-    p.add_argument("--part-videos", type=int, default=d.part_videos,
-                   help="save a part every this many videos")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point of ``avmaster import-features``."""
-    a = build_parser().parse_args(argv)
-    cfg = ImportConfig(release=a.release, npy=a.npy, out=a.out, annotations=tuple(a.annotations),
-                       annotation_format=a.annotation_format, seconds=a.seconds, dtype=a.dtype,
-                       part_videos=a.part_videos, progress=a.progress)
-    status, message = 0, ""
-    try:
-        print(json.dumps(run_import(cfg), indent=2))
-    except (FeatureStoreError, AnnotationError) as e:
-        status, message = 2, f"avmaster import-features: error: {e}"
-    except KeyboardInterrupt:
-        status = INTERRUPTED
-        message = "interrupted: the videos imported so far are saved; rerun to resume"
-    if message:
-        print(message, file=sys.stderr)
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

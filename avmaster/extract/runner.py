@@ -30,6 +30,7 @@ from avmaster.extract.config import (
     AUDIO_ENCODERS,
     DEVICES,
     HWACCELS,
+    INTERRUPTED,
     PRECISIONS,
     VGGISH_POSTPROCESS,
     VISUAL_ENCODERS,
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 TEXT_PART_SIZE = 8192  # texts per text part
 STALE_TMP_SECONDS = 24 * 3600  # temporary files older than this are leftovers of killed runs
 POSTFIX_EVERY = 8  # videos between progress-bar postfix updates
-INTERRUPTED = 130  # exit status after Ctrl-C, as shells report it
 INCOMPLETE = 3  # exit status with --strict when some listed videos have no features
 
 
