@@ -15,6 +15,7 @@ variants=...`` runs on one checkpoint. A run records the presets and overrides i
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,9 @@ from avmaster.paths import config_dirs
 
 PRESET_KINDS = {"data": "data", "ablation": "ablations"}
 VARIANTS_KIND = "variants"
+log = logging.getLogger(__name__)
 PAPER_KEY = "paper"  # an ablation preset's paper rows: metadata, not merged into the run
+DEPRECATED_KEY = "deprecated"  # a preset kept for old commands: the warning it prints when used
 RECORDED = ("presets", "overrides")  # written by load_config, never set by the user
 
 
@@ -119,9 +122,17 @@ def read_preset(kind: str, name: str) -> tuple[dict[str, Any], list[tuple[str, s
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: a preset must be a mapping of config keys")
     rows = loaded.pop(PAPER_KEY, None) or []
+    loaded.pop(DEPRECATED_KEY, None)
     if not (isinstance(rows, list) and all(isinstance(r, list) and len(r) == 2 for r in rows)):
         raise ConfigError(f"{path}: '{PAPER_KEY}' must be a list of [table, setting] pairs")
     return loaded, [(str(t), str(s)) for t, s in rows]
+
+
+def deprecation(kind: str, name: str) -> str | None:
+    """The ``deprecated:`` notice of a preset kept for old commands (None for a current one)."""
+    loaded = yaml.safe_load(find_config(kind, name).read_text()) or {}
+    notice = loaded.get(DEPRECATED_KEY) if isinstance(loaded, dict) else None
+    return str(notice) if notice else None
 
 
 FULL = "full"  # the model with no ablation preset
@@ -229,6 +240,8 @@ def load_config(config: str | Path | None = None, overrides: Sequence[str] = ())
         if key in PRESET_KINDS:
             loaded, _ = read_preset(PRESET_KINDS[key], value)
             where = str(find_config(PRESET_KINDS[key], value))
+            if notice := deprecation(PRESET_KINDS[key], value):
+                log.warning("%s=%s is deprecated: %s", key, value, notice)
             cfg = _merge(cfg, {"data": loaded} if key == "data" else loaded, where)
             presets.append(f"{key}={value}")
         elif key == "variants":  # variants=table12,table13

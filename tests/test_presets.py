@@ -54,6 +54,10 @@ EFFECTS: dict[str, Effect] = {
     "wo_all": Effect(ALL - PREF - {"focus"}, frozenset({"qa"})),
     "question_only": Effect(frozenset({"proj_question", "proj_words", "decoder"}),
                             frozenset({"qa"})),
+    # kept for old commands (deprecated): training-time removal of preference branches
+    "wo_ape": Effect(ALL - {"audio_pref", "audio_decoder"}, LOSSES - {"audio"}),
+    "wo_vpe": Effect(ALL - {"visual_pref", "visual_decoder"}, LOSSES - {"visual"}),
+    "wo_avpe": Effect(ALL - PREF, frozenset({"qa"})),
     # Table VIII: loss weights only; every decoder is built and votes, untrained ones frozen
     "loss_qa": Effect(losses=frozenset({"qa"}), frozen=PREF),
     "loss_qa_c": Effect(losses=frozenset({"qa", "contrastive"}),
@@ -228,3 +232,18 @@ def test_segments_keep_evenly_spaced_seconds() -> None:
     assert segment_seconds(60, 12).tolist() == list(range(2, 60, 5))
     assert segment_seconds(4, 2).tolist() == [1, 3]
     assert segment_seconds(60, None) is None and segment_seconds(60, 60) is None
+
+
+def test_deprecated_presets_warn_and_still_load(caplog) -> None:
+    """Presets of earlier releases keep loading, with a warning that names the replacement."""
+    import logging
+
+    from avmaster.config import deprecation
+
+    for name in ("wo_ape", "wo_vpe", "wo_avpe"):
+        assert "variants=table12" in (deprecation("ablations", name) or "")
+        with caplog.at_level(logging.WARNING, logger="avmaster.config"):
+            cfg = load_config(overrides=[f"ablation={name}"])
+        assert f"ablation={name} is deprecated" in caplog.text
+        assert cfg.presets == [f"ablation={name}"]
+    assert deprecation("ablations", "wo_gpap") is None
