@@ -70,6 +70,7 @@ def avqa(tmp_path):
             f"output_dir={tmp_path / 'runs'}", "name=avqa_tiny", "seed=0"]
 
 
+@pytest.mark.slow
 def test_avqa_multiple_choice_train_eval(tmp_path, avqa, capsys):
     assert main(["train", *avqa, "trainer.max_epochs=12"]) == 0
     run = tmp_path / "runs" / "avqa_tiny"

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_features
+from helpers import make_features
 
 from avmaster.data.annotations import load_annotations
 from avmaster.data.config import DataConfig

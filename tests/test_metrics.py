@@ -93,6 +93,7 @@ def _ddp_worker(rank: int, world: int, port: int, data, out) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one():
     g = torch.Generator().manual_seed(0)
     n = 137

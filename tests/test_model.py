@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from helpers import DIMS, REPO, SMALL, B, C, K, ListData, T, make_batch
 
 from avmaster.lightning_module import AnswerAccuracy, AVMasterModule
 from avmaster.losses import AVMasterLoss
@@ -24,7 +24,6 @@ from avmaster.models import (
     SAB,
     AnswerDecoder,
     AVMaster,
-    FeatureDims,
     FocusCapture,
     FocusStep,
     KeyFusion,
@@ -36,38 +35,9 @@ from avmaster.models import (
     ablation,
 )
 
-B, T, L_MAX, C, K = 3, 5, 6, 7, 4
-DIMS = FeatureDims(visual=12, audio=10, text=16)
-SMALL = ModelConfig(dim=32, heads=4, template_len=3, decoder_depth=2, dropout=0.0)
-REPO = Path(__file__).resolve().parents[1]
-
+L_MAX = 6  # question words
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def make_batch(
-    b: int = B,
-    t: int = T,
-    lengths: tuple[int, ...] = (6, 2, 4),
-    options: bool = False,
-    seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    n = max(lengths)
-    mask = torch.arange(n)[None] < torch.tensor(lengths)[:, None]
-    batch = {
-        "visual": torch.randn(b, t, DIMS.visual, generator=g),
-        "audio": torch.randn(b, t, DIMS.audio, generator=g),
-        "question_tokens": torch.randn(b, n, DIMS.text, generator=g) * mask[..., None],
-        "question_mask": mask,
-        "question": torch.randn(b, DIMS.text, generator=g),
-        "label": torch.randint(0, K if options else C, (b,), generator=g),
-        "group": torch.zeros(b, dtype=torch.long),
-        "index": torch.arange(b),
-    }
-    if options:
-        batch["options"] = torch.randn(b, K, DIMS.text, generator=g)
-    return batch
 
 
 def build(
@@ -381,19 +351,6 @@ def test_config_validation() -> None:
 # -- Lightning ----------------------------------------------------------------------------------
 
 
-class ListData(L.LightningDataModule):
-    """In-memory batches; without a table ``spec`` the module scores plain accuracy."""
-
-    def __init__(self, batches: list[dict[str, torch.Tensor]]):
-        super().__init__()
-        self.batches = batches
-
-    def _loader(self) -> DataLoader:
-        return DataLoader(self.batches, batch_size=None)
-
-    train_dataloader = val_dataloader = test_dataloader = predict_dataloader = _loader
-
-
 def module(**kwargs) -> AVMasterModule:
     torch.manual_seed(0)
     return AVMasterModule(model_cfg=SMALL, dims=dataclasses.asdict(DIMS), **kwargs)
@@ -433,6 +390,7 @@ def test_lightning_fit_test_predict_and_checkpoint_round_trip(tmp_path: Path) ->
         assert torch.equal(pl_module(batch).probs(), loaded(batch).probs())
 
 
+@pytest.mark.slow
 def test_compiled_blocks_match_eager_and_keep_parameter_names() -> None:
     """``compile=true`` (regional ``torch.compile``) changes neither the math nor the state dict
     keys, so checkpoints move between compiled and eager models. ``aot_eager`` traces forward
@@ -492,7 +450,7 @@ DDP_SCRIPT = """
 import dataclasses, sys, torch, lightning as L
 from torch.utils.data import DataLoader
 sys.path.insert(0, {tests!r})
-from test_model import ListData, make_batch, SMALL, DIMS, C
+from helpers import ListData, make_batch, SMALL, DIMS, C
 from avmaster.lightning_module import AVMasterModule
 
 if __name__ == "__main__":

@@ -1,40 +1,10 @@
-"""The benchmark and ablation notebooks run headless and show their tables and charts."""
+"""The benchmark and ablation notebooks run headless and show their tables and charts: one run
+each, on a results folder with runs of several datasets and a demo. (What they show when nothing
+was measured is tested on the report functions they call, in test_reports.py.)"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
-import pytest
-from nbclient import NotebookClient
-from test_reports import make_results
-
-from avmaster.reports import RESULTS_ENV
-
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-KERNEL = "python3"
-TIMEOUT_S = 300
-
-
-def run_notebook(name: str, results: Path, monkeypatch: pytest.MonkeyPatch,
-                 cwd: Path) -> nbformat.NotebookNode:
-    monkeypatch.setenv(RESULTS_ENV, str(results))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    NotebookClient(nb, timeout=TIMEOUT_S, kernel_name=KERNEL,
-                   resources={"metadata": {"path": str(cwd)}}).execute()
-    return nb
-
-
-def outputs(nb: nbformat.NotebookNode, mime: str) -> list[str]:
-    return [o["data"][mime] for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if mime in o.get("data", {})]
-
-
-def assert_clean(nb: nbformat.NotebookNode) -> None:
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
-    assert not errors, errors
+from helpers import assert_clean, make_results, outputs, run_notebook
 
 
 def test_benchmark_notebook(tmp_path, monkeypatch):
@@ -58,10 +28,3 @@ def test_ablations_notebook(tmp_path, monkeypatch):
     html = "\n".join(outputs(nb, "text/html"))
     assert "w/o AVFC" in html and "measured (music_avqa)" in html and "measured (demo)" in html
     assert len(outputs(nb, "image/png")) == 1
-
-
-def test_notebooks_without_results(tmp_path, monkeypatch):
-    for name in ("benchmark.ipynb", "ablations.ipynb"):
-        nb = run_notebook(name, tmp_path / "none", monkeypatch, tmp_path)
-        assert_clean(nb)
-    assert "None measured" in "\n".join(outputs(nb, "text/markdown"))

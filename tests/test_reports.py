@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -10,46 +9,10 @@ import pytest
 
 matplotlib.use("Agg")
 
+from helpers import make_results
+
 from avmaster import reports
 from avmaster.config import load_config, to_dict
-from avmaster.data.tables import get_table
-from avmaster.metrics import write_results
-
-
-def table_values(table: str, base: float) -> dict[str, float]:
-    return {c: base + k for k, (c, _) in enumerate(get_table(table).columns)}
-
-
-def write_run(folder: Path, data: str, table: str, base: float, *, meta: dict | None = None,
-              config: dict | None = None) -> Path:
-    """A results file as ``avmaster train``/``eval`` writes it (plus the run's config.json)."""
-    spec = get_table(table)
-    js, _ = write_results(folder / f"results_{data}", spec, table_values(table, base),
-                          {c: 10 for c, _ in spec.columns},
-                          meta={"data": data, "test": ["test.json"], **(meta or {})})
-    if config is not None:
-        (folder / "config.json").write_text(json.dumps(config))
-    return js
-
-
-def make_results(root: Path) -> Path:
-    """A results folder: MUSIC-AVQA runs (full, two ablations), a v2.0 run and a demo."""
-    write_run(root / "full", "music_avqa", "music_avqa", 70.0,
-              config=to_dict(load_config(overrides=["data=music_avqa"])))
-    write_run(root / "wo_avfc", "music_avqa", "music_avqa", 60.0,
-              config=to_dict(load_config(overrides=["data=music_avqa", "ablation=wo_avfc"])))
-    write_run(root / "named", "music_avqa", "music_avqa", 50.0, meta={"ablation": "template_4"})
-    write_run(root / "v2", "music_avqa_v2_balance", "music_avqa_v2", 40.0,
-              meta={"test": ["bias_set/test_bias.json"]})
-    run = write_run(root / "demo" / "runs" / "avmaster", "demo", "music_avqa", 90.0)
-    demo = root / "demo" / "results"
-    demo.mkdir(parents=True)
-    (demo / "demo.json").write_text(json.dumps({
-        "table": "music_avqa", "rows": {"AV-Master": table_values("music_avqa", 90.0),
-                                        "question only": table_values("music_avqa", 30.0)},
-        "meta": {"data": "demo", "sources": [str(Path("..") / run.relative_to(root / "demo"))],
-                 "ablations": {"AV-Master": "full", "question only": "question_only"}}}))
-    return root
 
 
 @pytest.fixture

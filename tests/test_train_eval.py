@@ -9,31 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_features
 
 from avmaster.cli import main
 from avmaster.config import load_config
-from avmaster.data.annotations import load_annotations
-
-TINY = ["model.dim=32", "model.heads=2", "model.template_len=2", "model.decoder_depth=1",
-        "data.batch_size=16", "data.eval_batch_size=32", "data.num_workers=0",
-        "data.pin_memory=false", "trainer.accelerator=cpu", "trainer.devices=1",
-        "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
-
-
-@pytest.fixture
-def overrides(tmp_path, fixtures):
-    files = ["music_avqa_val_sample.json", "music_avqa_test_sample.json"]
-    records = [r for f in files for r in load_annotations(fixtures / f).records]
-    paths = make_features(tmp_path / "features", records, seconds=4)
-    return [*TINY, "data=music_avqa", f"data.annotations_dir={fixtures}",
-            "data.train=[music_avqa_val_sample.json]", "data.val=[music_avqa_val_sample.json]",
-            "data.test=[music_avqa_test_sample.json]", "data.seconds=4",
-            f"data.features_dir={tmp_path / 'features'}",
-            f"data.visual_features={paths['visual'].name}",
-            f"data.audio_features={paths['audio'].name}",
-            f"data.text_features={paths['text'].name}", f"output_dir={tmp_path / 'runs'}",
-            "name=tiny"]
 
 
 def _logged_epochs(metrics: Path, column: str) -> set[str]:
@@ -41,11 +19,11 @@ def _logged_epochs(metrics: Path, column: str) -> set[str]:
         return {row["epoch"] for row in csv.DictReader(f) if row.get(column)}
 
 
-def test_train_resume_eval_score(tmp_path, fixtures, overrides, capsys, caplog):
-    assert main(["train", *overrides, "trainer.max_epochs=1"]) == 0
-    run = tmp_path / "runs" / "tiny"
-    last = run / "checkpoints" / "last.ckpt"
-    assert last.exists() and (run / "config.json").exists()
+def test_train_resume_eval_score(tiny_run, fixtures, capsys, caplog):
+    """Continues the session's shared run (the only test that changes it: a copy would not do,
+    Lightning's checkpoint callback keeps absolute paths and would write last-v1.ckpt)."""
+    overrides, run, last = tiny_run.overrides, tiny_run.run_dir, tiny_run.ckpt
+    assert last.exists() and (run / "config.json").exists()  # trained for one epoch
     steps = torch.load(last, weights_only=False)["global_step"]
     assert steps == 7  # 108 questions, batch 16
     assert "avmaster_features" in torch.load(last, weights_only=False)
@@ -72,7 +50,7 @@ def test_train_resume_eval_score(tmp_path, fixtures, overrides, capsys, caplog):
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
     assert len(lines) == 108 and len(lines[0]["top5"]) == 5
 
-    scored = tmp_path / "scored"
+    scored = tiny_run.root / "scored"
     assert main(["score", "--predictions", str(preds), "--annotations",
                  str(fixtures / "music_avqa_test_sample.json"), "--out", str(scored)]) == 0
     rescored = json.loads(scored.with_suffix(".json").read_text())["accuracy"]
@@ -80,30 +58,36 @@ def test_train_resume_eval_score(tmp_path, fixtures, overrides, capsys, caplog):
         assert rescored[col] == pytest.approx(acc, abs=1e-6), col
 
 
-def test_command_line_prints_each_log_line_once(overrides):
-    done = subprocess.run([sys.executable, "-m", "avmaster.cli", "train", *overrides,
-                           "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                           "trainer.limit_val_batches=1"],
+def test_command_line_prints_each_log_line_once(tiny_run, tmp_path):
+    """A fresh process, as users run it: Lightning attaches its own log handler only when the
+    root logger has none at import, which is never the case inside pytest."""
+    done = subprocess.run([sys.executable, "-m", "avmaster.cli", "eval", *tiny_run.overrides,
+                           f"ckpt={tiny_run.ckpt}", f"output_dir={tmp_path}",
+                           "save_predictions=false"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     log = done.stdout + done.stderr
     # Lightning's lines come once, from its own handler, not again through the root logger
     assert "INFO: GPU available:" in log and "INFO lightning." not in log, log
-    assert "INFO avmaster.data.datamodule: train: 108 questions" in log  # ours, once each
+    assert log.count("INFO avmaster.data.datamodule: test: 108 questions") == 1, log
 
 
-def test_eval_needs_a_checkpoint(overrides, capsys):
-    assert main(["eval", *overrides, "ckpt=/nonexistent.ckpt"]) == 2
+def test_eval_needs_a_checkpoint(tiny_run, capsys):
+    assert main(["eval", *tiny_run.overrides, "ckpt=/nonexistent.ckpt"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
 
-def test_ablation_presets_build_and_train_one_step(overrides):
+def test_ablation_presets_build_and_train_one_step(tiny_run, tmp_path):
     from avmaster.training import build_datamodule, build_module, build_trainer
 
     for name in ("wo_tdpp", "wo_all", "question_only", "share_none", "wo_ape"):
-        cfg = load_config(overrides=[*overrides, f"ablation={name}", "trainer.max_epochs=1",
+        cfg = load_config(overrides=[*tiny_run.overrides, f"output_dir={tmp_path}",
+                                     f"ablation={name}", "trainer.max_epochs=1",
                                      "trainer.limit_train_batches=1",
                                      "trainer.limit_val_batches=1"])
         dm = build_datamodule(cfg)
         module = build_module(cfg, dm)
-        build_trainer(cfg, logs=False).fit(module, datamodule=dm)
+        trainer = build_trainer(cfg, logs=False)
+        trainer.fit(module, datamodule=dm)
+        assert trainer.global_step == 1, name
+        assert torch.isfinite(trainer.callback_metrics["train/loss"]), name
