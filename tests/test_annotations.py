@@ -4,7 +4,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import make_features
+from helpers import make_features
 
 from avmaster.data.annotations import (
     AnnotationError,

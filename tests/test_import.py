@@ -8,7 +8,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from test_train_eval import TINY
+import pytest
+from helpers import TINY
 
 from avmaster.cli import main
 from avmaster.data.annotations import load_annotations
@@ -61,6 +62,7 @@ def train_eval(tmp_path: Path, fixtures: Path, features: Path, *overrides: str) 
     return json.loads((tmp_path / "runs" / "imported" / "results_music_avqa.json").read_text())
 
 
+@pytest.mark.slow
 def test_resnet18_vggish_import_train_eval(tmp_path, fixtures, capsys, single_thread):
     """Table XI's ResNet-18 + VGGish row from the dataset authors' released files."""
     ids = video_ids(fixtures)
@@ -99,6 +101,7 @@ def test_resnet18_vggish_import_train_eval(tmp_path, fixtures, capsys, single_th
     assert result["counts"]["avg"] == 108 and 0.0 <= result["accuracy"]["avg"] <= 100.0
 
 
+@pytest.mark.slow
 def test_pstp_clip_b32_class_and_patches(tmp_path, fixtures, capsys, single_thread):
     """PSTP-Net's [T, 50, 512] (class token + 7x7 patches) and TSPM's [1, T, 768] CLIP-L."""
     ids = video_ids(fixtures)
@@ -176,6 +179,7 @@ def test_one_store_two_sources(tmp_path, capsys):
     assert VideoFeatures(other / "audio_vggish.h5").ids == {"new1"}  # untouched
 
 
+@pytest.mark.slow
 def test_extract_adds_to_imported_store(tmp_path, capsys):
     """The other order: imported first, then `avmaster extract` of a new video (random
     VGGish: a release file describing such features stands in for a real one)."""

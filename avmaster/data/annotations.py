@@ -14,17 +14,16 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
-from avmaster.data.config import HeadTailGroup
 from avmaster.data.records import AVQA_TYPES, MUSIC_AVQA_TYPES, QARecord
-from avmaster.data.vocab import answer_key
 
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = re.compile(r"<[A-Za-z]+>")
 KNOWN_MUSIC_TYPES = {(m, q) for m, q, _ in MUSIC_AVQA_TYPES}
 FORMATS = ("auto", "music_avqa", "avqa")
+HeadTailGroup = Literal["template", "type"]  # the groups of the head/tail rule (assign_head_tail)
 
 
 class AnnotationError(ValueError):
@@ -243,6 +242,12 @@ def _avqa_record(entry: dict[str, Any], path: Path, i: int, split: str) -> QARec
         source=(str(path), i),
         extra=extra,
     )
+
+
+def answer_key(text: str) -> str:
+    """The form answers are compared in: surrounding and repeated space dropped, case folded
+    (released vocabularies carry ``"yes "`` next to ``"yes"``, or ``"Yes"``)."""
+    return " ".join(str(text).split()).casefold()
 
 
 def _option_index(answer: Any, options: Sequence[str], path: Path, i: int) -> int | None:

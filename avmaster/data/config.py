@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-HeadTailGroup = Literal["template", "type"]  # see avmaster.data.annotations.assign_head_tail
+from avmaster.data.annotations import HeadTailGroup
 
 
 @dataclass

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from avmaster.data.annotations import answer_key
 from avmaster.data.records import QARecord
 
 log = logging.getLogger(__name__)
@@ -16,12 +17,6 @@ log = logging.getLogger(__name__)
 # without its answer). The losses leave it out; the metrics score it wrong.
 NO_LABEL = -1
 UNKNOWN = NO_LABEL  # the earlier name, kept importable
-
-
-def answer_key(text: str) -> str:
-    """The form answers are compared in: surrounding and repeated space dropped, case folded
-    (released vocabularies carry ``"yes "`` next to ``"yes"``, or ``"Yes"``)."""
-    return " ".join(str(text).split()).casefold()
 
 
 class AnswerVocab:
