@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
-from test_train_eval import overrides  # noqa: F401  (the tiny run's fixture)
+from helpers import tiny_overrides
 
 import avmaster.training as run_module
 from avmaster.cli import main
@@ -32,7 +33,14 @@ def _train_rows(run: Path) -> list[int]:
         return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
-def test_last_ckpt_is_the_last_epoch_not_the_best(tmp_path, overrides):  # noqa: F811
+
+@pytest.fixture
+def overrides(tmp_path):
+    """A tiny model on the annotation samples, its features and runs under ``tmp_path``."""
+    return tiny_overrides(tmp_path)
+
+
+def test_last_ckpt_is_the_last_epoch_not_the_best(tmp_path, overrides):
     assert main(["train", *overrides, *FROZEN, "trainer.max_epochs=3"]) == 0
     ckpts = tmp_path / "runs" / "tiny" / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["epoch00.ckpt", "last.ckpt"]
@@ -41,7 +49,7 @@ def test_last_ckpt_is_the_last_epoch_not_the_best(tmp_path, overrides):  # noqa:
 
 
 def test_truncated_checkpoint_is_one_line_and_resume_falls_back(
-        tmp_path, overrides, capsys, caplog):  # noqa: F811
+        tmp_path, overrides, capsys, caplog):
     assert main(["train", *overrides, *FROZEN, "trainer.max_epochs=2"]) == 0
     ckpts = tmp_path / "runs" / "tiny" / "checkpoints"
     last = ckpts / "last.ckpt"
@@ -75,7 +83,7 @@ class KillMidEpoch(L.Callback):
 
 
 def test_kill_mid_epoch_then_resume_logs_each_step_once(
-        tmp_path, overrides, monkeypatch):  # noqa: F811
+        tmp_path, overrides, monkeypatch):
     frozen = [*FROZEN, "trainer.limit_train_batches=4"]
     pid = os.fork()  # the child trains and is killed two batches into epoch 1
     if pid == 0:
@@ -104,8 +112,8 @@ def test_kill_mid_epoch_then_resume_logs_each_step_once(
 
 
 def test_videos_without_features_are_left_out_only_when_asked(
-        tmp_path, fixtures, overrides, capsys, caplog):  # noqa: F811
-    from conftest import make_features
+        tmp_path, fixtures, overrides, capsys, caplog):
+    from helpers import make_features
 
     from avmaster.data.annotations import load_annotations
 
@@ -134,8 +142,8 @@ def test_videos_without_features_are_left_out_only_when_asked(
     assert result["counts"]["avg"] == len(test) - test_left
 
 
-def test_repeated_ids_reported_once_per_run(tmp_path, fixtures, overrides, caplog):  # noqa: F811
-    from conftest import make_features
+def test_repeated_ids_reported_once_per_run(tmp_path, fixtures, overrides, caplog):
+    from helpers import make_features
 
     from avmaster.data.annotations import load_annotations
 
