@@ -488,3 +488,23 @@ def test_deferred_weight_grads_under_bf16_autocast() -> None:
         assert g.dtype == torch.float32, name
         scale = ref_grads[name].abs().max().item()
         torch.testing.assert_close(g, ref_grads[name], rtol=0, atol=0.05 * scale, msg=name)
+
+
+def test_gated_focus_update_is_an_option_that_learns_and_reduces_to_the_paper() -> None:
+    """``model.focus_update=gated``: one learned rate per channel and focus step; with the rate
+    at 1 it is the paper's recurrence exactly; the default builds no gate at all."""
+    batch = make_batch(seed=5)
+    paper, _ = build()
+    assert not any("gate" in n for n, _ in paper.named_parameters())
+    gated, loss_cfg = build(focus_update="gated")
+    assert {n for n, _ in gated.named_parameters() if "gate" in n} == {"focus.steps.0.gate"}
+    gated.load_state_dict(paper.state_dict(), strict=False)
+    paper.eval(), gated.eval()
+    with torch.no_grad():
+        assert not torch.allclose(gated(batch).audio_focus, paper(batch).audio_focus)
+        gated.focus.steps[0].gate.fill_(float("inf"))  # rate 1: each step replaces the state
+        torch.testing.assert_close(gated(batch).audio_focus, paper(batch).audio_focus)
+        gated.focus.steps[0].gate.zero_()
+    assert_every_parameter_learns(gated.train(), loss_cfg, batch)
+    with pytest.raises(ValueError, match="focus_update must be one of"):
+        ModelConfig(focus_update="sometimes")

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 from avmaster.models.time_embedding import TIME_EMBEDDINGS
 
 Share = Literal["none", "attention", "bias", "both"]
+FOCUS_UPDATES: tuple[str, ...] = ("replace", "gated")
 SHARE_OPTIONS: tuple[str, ...] = ("none", "attention", "bias", "both")
 
 
@@ -50,6 +51,9 @@ class ModelConfig:
     - ``time_embedding``: not in the paper; ``none`` (default, faithful), ``focus`` or ``all``
       adds a sinusoidal code of each second's index to the focus capture's input or to every
       path's (:mod:`~avmaster.models.time_embedding`).
+    - ``focus_update``: not in the paper; ``replace`` (default, faithful: each step's output is
+      the new state) or ``gated`` (a learned leaky update that can keep earlier seconds;
+      :class:`~avmaster.models.focus.FocusStep`).
     - ``deferred_weight_grads`` (speed only, same math up to float summation order): the focus
       recurrence's weight gradients in one GEMM over all T seconds; false = plain autograd.
     """
@@ -69,6 +73,7 @@ class ModelConfig:
     use_audio: bool = True
     use_visual: bool = True
     time_embedding: str = "none"
+    focus_update: str = "replace"
     deferred_weight_grads: bool = True
 
     def __post_init__(self) -> None:
@@ -77,6 +82,9 @@ class ModelConfig:
     def validate(self) -> None:
         if self.share not in SHARE_OPTIONS:
             raise ValueError(f"model.share must be one of {SHARE_OPTIONS}, got {self.share!r}")
+        if self.focus_update not in FOCUS_UPDATES:
+            raise ValueError(f"model.focus_update must be one of {FOCUS_UPDATES}, got "
+                             f"{self.focus_update!r}")
         if self.time_embedding not in TIME_EMBEDDINGS:
             raise ValueError(f"model.time_embedding must be one of {TIME_EMBEDDINGS}, got "
                              f"{self.time_embedding!r}")

@@ -48,16 +48,21 @@ def small_attention(device: torch.device) -> contextlib.AbstractContextManager:
 class FocusStep(nn.Module):
     """One step of Eq. 2: ``cls^{k-1}, F^k -> cls^k`` (deterministic: no dropout inside).
 
-    ``deferred_weight_grads``: see :class:`FocusCapture`.
+    ``deferred_weight_grads``: see :class:`FocusCapture`. ``update``: ``replace`` (the paper:
+    ``cls^k`` is the step's output) or ``gated`` (not in the paper: a leaky update
+    ``cls^k = cls^{k-1} + g * (step - cls^{k-1})`` with a learned per-channel rate
+    ``g = sigmoid(gate)`` starting at 0.5, so the state can keep earlier seconds).
     """
 
-    def __init__(self, dim: int, heads: int, ff_mult: int = 4, deferred_weight_grads: bool = True):
+    def __init__(self, dim: int, heads: int, ff_mult: int = 4, deferred_weight_grads: bool = True,
+                 update: str = "replace"):
         super().__init__()
         self.sab1 = SAB(dim, heads, ff_mult)
         self.sab2 = SAB(dim, heads, ff_mult)
         self.cab = SingleKeyCAB(dim, ff_mult)
         make_deferrable(self)
         self.deferred_weight_grads = deferred_weight_grads
+        self.gate = nn.Parameter(torch.zeros(dim)) if update == "gated" else None
 
     def forward(self, cls: Tensor, frame: Tensor, frame_attn: Tensor, bias: Tensor) -> Tensor:
         """``cls [B, N, D]``, ``frame [B, 1, D]`` = F^k, ``frame_attn [B, 1, D]`` =
@@ -76,8 +81,10 @@ class FocusStep(nn.Module):
         states = [cls.detach()]
         defer = deferred_linears(self) if self.deferred_weight_grads else contextlib.nullcontext()
         with small_attention(x.device), defer:
+            rate = None if self.gate is None else torch.sigmoid(self.gate)
             for frame, attn in zip(frames, frame_attn, strict=True):
-                cls = self(cls, frame, attn, bias)
+                new = self(cls, frame, attn, bias)
+                cls = new if rate is None else cls + rate * (new - cls)
                 states.append(cls.detach())
         with torch.no_grad():
             moves = torch.stack(states, dim=-2).float().diff(dim=-2).norm(dim=-1)
@@ -105,6 +112,7 @@ class FocusCapture(nn.Module):
     ``deferred_weight_grads`` (speed only, same math): the focus step's weight gradients are
     computed in one GEMM per weight over all T seconds after the recurrence instead of one
     small GEMM per second; ``False`` is plain autograd, the reference implementation.
+    ``update``: see :class:`FocusStep` (``replace``, the paper's, by default).
     """
 
     def __init__(
@@ -117,13 +125,14 @@ class FocusCapture(nn.Module):
         share_attention: bool = True,
         share_bias: bool = False,
         deferred_weight_grads: bool = True,
+        update: str = "replace",
     ):
         super().__init__()
         self.templates = nn.Parameter(torch.randn(2, template_len, dim))  # audio, visual
         self.bias = nn.Parameter(0.02 * torch.randn(1 if share_bias else 2, template_len, dim))
         n_steps = 1 if share_attention else 2
         self.steps = nn.ModuleList(
-            FocusStep(dim, heads, ff_mult, deferred_weight_grads) for _ in range(n_steps)
+            FocusStep(dim, heads, ff_mult, deferred_weight_grads, update) for _ in range(n_steps)
         )
         self.drop = nn.Dropout(dropout)
 
