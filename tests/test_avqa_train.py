@@ -92,3 +92,12 @@ def test_avqa_multiple_choice_train_eval(tmp_path, avqa, capsys):
              load_annotations(tmp_path / "annotations" / "val_qa.json").records}
     hits = sum(p["answer"] == truth[p["question_id"]] for p in preds)
     assert 100 * hits / len(preds) == pytest.approx(result["accuracy"]["avg"], abs=1e-6)
+
+    # the probe works on multiple choice: the options stay, the video is what the answer needs
+    assert main(["probe", *avqa, f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
+                 "--probes", "reversed,audio_silenced,visual_blanked"]) == 0
+    probe = json.loads((run / "probe_avqa.json").read_text())["accuracy"]
+    original = probe["original"]["avg"]
+    assert original == pytest.approx(result["accuracy"]["avg"], abs=1e-6)
+    assert probe["visual_blanked"]["avg"] < original - 20, probe
+    assert probe["audio_silenced"]["avg"] > original - 10, probe  # audio is noise here
