@@ -80,14 +80,11 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.share not in SHARE_OPTIONS:
-            raise ValueError(f"model.share must be one of {SHARE_OPTIONS}, got {self.share!r}")
-        if self.focus_update not in FOCUS_UPDATES:
-            raise ValueError(f"model.focus_update must be one of {FOCUS_UPDATES}, got "
-                             f"{self.focus_update!r}")
-        if self.time_embedding not in TIME_EMBEDDINGS:
-            raise ValueError(f"model.time_embedding must be one of {TIME_EMBEDDINGS}, got "
-                             f"{self.time_embedding!r}")
+        for name, choices in (("share", SHARE_OPTIONS), ("focus_update", FOCUS_UPDATES),
+                              ("time_embedding", TIME_EMBEDDINGS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"model.{name} must be one of {choices}, got "
+                                 f"{getattr(self, name)!r}")
         if self.dim % self.heads:
             raise ValueError(f"model.dim ({self.dim}) must be divisible by heads ({self.heads})")
         for name in ("dim", "heads", "ff_mult", "template_len", "decoder_depth"):
