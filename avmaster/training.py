@@ -171,9 +171,9 @@ def result_label(record: dict[str, list[str]], variant: str = "") -> str:
     return label
 
 
-def checkpoint_record(ckpt: str | Path, cfg: Config) -> dict[str, list[str]]:
-    """The training record stored in ``ckpt`` (older checkpoints: the eval run's own)."""
-    raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+def checkpoint_record(raw: Mapping[str, Any], cfg: Config) -> dict[str, list[str]]:
+    """The training record stored in a checkpoint's contents ``raw`` (older checkpoints: the
+    eval run's own)."""
     return raw.get(RUN_KEY) or run_record(cfg)
 
 
@@ -193,13 +193,14 @@ def results_name(data: str, row: str = "") -> str:
     return f"results_{data}__{safe}" if safe else f"results_{data}"
 
 
-def checkpoint_path(ckpt: str | None) -> str:
-    """The checkpoint to evaluate; a missing one is an error that says so."""
+def load_module(ckpt: str | Path | None, purpose: str = "evaluation"
+                ) -> tuple[str, dict[str, Any], AVMasterModule]:
+    """``ckpt``, its contents (read once: one clear error for a missing or truncated file) and
+    the module it holds."""
     if not ckpt:
-        raise ValueError("evaluation needs a checkpoint: pass ckpt=path/to/file.ckpt")
-    if not Path(ckpt).exists():
-        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
-    return str(ckpt)
+        raise ValueError(f"{purpose} needs a checkpoint: pass ckpt=path/to/file.ckpt")
+    raw = read_checkpoint(ckpt)
+    return str(ckpt), raw, AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
 
 
 def check_inference(inference: InferenceConfig, model: AVMaster, steps: int, ckpt: str | Path,
@@ -317,10 +318,7 @@ def drop_rows_after(metrics: Path, step: int) -> int:
 def load_checkpoint(cfg: Config, ckpt: str | None, purpose: str
                     ) -> tuple[AVMasterModule, AVQADataModule]:
     """The module of ``ckpt`` and a datamodule of ``cfg.data`` with the checkpoint's answers."""
-    if not ckpt:
-        raise ValueError(f"{purpose} needs a checkpoint: pass ckpt=path/to/file.ckpt")
-    read_checkpoint(ckpt)  # one clear error for a missing or truncated file
-    module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
+    _, _, module = load_module(ckpt, purpose)
     return module, build_datamodule(cfg, answers=module.hparams.get("answers"))
 
 
@@ -329,16 +327,14 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True,
     """Per-type accuracy of a checkpoint on ``data.test``; writes ``results.json``/``.md`` and,
     with ``save_predictions``, ``predictions.jsonl`` (question id, answer, top-5) in the run
     folder. Returns the table (percent)."""
-    ckpt = checkpoint_path(ckpt or cfg.ckpt)
-    read_checkpoint(ckpt)  # one clear error for a truncated file
     if cfg.variants:
         raise ConfigError(f"variants={','.join(cfg.variants)}: evaluated by "
                           "avmaster.variants.evaluate_variants (as `avmaster eval` does)")
-    module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
+    ckpt, raw, module = load_module(ckpt or cfg.ckpt)
     check_inference(cfg.inference, module.model, cfg.data.segments or cfg.data.seconds, ckpt,
                     "inference")
     module.inference = cfg.inference
-    record = checkpoint_record(ckpt, cfg)
+    record = checkpoint_record(raw, cfg)
     # after training, its datamodule (files loaded once, warnings given once) is reused
     dm = dm or build_datamodule(cfg, answers=module.hparams.get("answers"))
     trainer = build_trainer(cfg, logs=trainer_logs)

@@ -33,8 +33,8 @@ from avmaster.training import (
     build_datamodule,
     build_trainer,
     check_inference,
-    checkpoint_path,
     checkpoint_record,
+    load_module,
     result_label,
     results_meta,
     results_name,
@@ -79,10 +79,9 @@ def evaluate_variants(cfg: Config, ckpt: str | None = None) -> dict[str, float]:
     """Score ``ckpt`` (default ``cfg.ckpt``) under every row of ``cfg.variants``; writes one
     results file per row and ``variants_<data>.json`` (row -> overall accuracy); returns that
     mapping."""
-    ckpt = checkpoint_path(ckpt or cfg.ckpt)
     variants = [load_variant(name) for name in cfg.variants]
-    module = AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
-    record = checkpoint_record(ckpt, cfg)
+    ckpt, raw, module = load_module(ckpt or cfg.ckpt)
+    record = checkpoint_record(raw, cfg)
     dm = build_datamodule(cfg, answers=module.hparams.get("answers"))
     single = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, devices=1))
     trainer = build_trainer(single, logs=False)

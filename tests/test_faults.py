@@ -58,6 +58,9 @@ def test_truncated_checkpoint_is_one_line_and_resume_falls_back(
     assert main(["eval", *overrides, f"ckpt={last}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(last) in err and "not a readable checkpoint" in err
+    assert main(["eval", *overrides, f"ckpt={last}", "variants=table13"]) == 2  # same error
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a readable checkpoint" in err
     assert main(["train", *overrides, *FROZEN, f"ckpt={last}", "trainer.max_epochs=3"]) == 2
     assert str(last) in capsys.readouterr().err
     # the default resume continues from the newest checkpoint that reads, and says so
