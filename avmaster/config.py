@@ -15,6 +15,7 @@ variants=...`` runs on one checkpoint. A run records the presets and overrides i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -138,7 +139,8 @@ def deprecation(kind: str, name: str) -> str | None:
 FULL = "full"  # the model with no ablation preset
 
 
-def switch_keys() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def switch_keys() -> frozenset[str]:
     """Dotted ``model.*`` / ``loss.*`` / ``data.segments`` keys that some ablation preset sets:
     an override of one of them makes a run an (unnamed) ablation."""
     keys = {"data.segments"}
@@ -146,7 +148,7 @@ def switch_keys() -> set[str]:
         settings = read_preset(PRESET_KINDS["ablation"], name)[0]
         keys |= {f"{section}.{k}" for section in ("model", "loss")
                  for k in settings.get(section) or {}}
-    return keys
+    return frozenset(keys)
 
 
 def preset_configs(name: str, model: ModelConfig | None = None, loss: LossConfig | None = None

@@ -82,7 +82,7 @@ class Predictor:
         ckpt = Path(ckpt)
         t0 = time.perf_counter()
         raw = read_checkpoint(ckpt)
-        self.module = AVMasterModule.load_from_checkpoint(ckpt, map_location=device).eval()
+        self.module = AVMasterModule.from_checkpoint(raw, map_location=device).eval()
         self.device = torch.device(device)
         self.answers = self.module.hparams.get("answers")
         settings = raw.get(CKPT_KEY, {})

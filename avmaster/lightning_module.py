@@ -78,6 +78,17 @@ class AVMasterModule(L.LightningModule):
     vocabulary, kept for decoding predictions; ``multiple_choice``: score ``batch["options"]``.
     """
 
+    @classmethod
+    def from_checkpoint(cls, contents: Mapping[str, Any], map_location: str | torch.device = "cpu"
+                        ) -> AVMasterModule:
+        """The module held by a checkpoint's ``contents`` (already read, e.g. by
+        :func:`~avmaster.checkpoints.read_checkpoint`): what ``load_from_checkpoint`` does,
+        without reading the file a second time."""
+        module = cls(**contents["hyper_parameters"])
+        module.on_load_checkpoint(dict(contents))
+        module.load_state_dict(contents["state_dict"])
+        return module.to(map_location)
+
     def __init__(
         self,
         model_cfg: ModelConfig | Mapping[str, Any] | None = None,

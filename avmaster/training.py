@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -21,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from avmaster.atomic import atomic_path, atomic_write_text
 from avmaster.checkpoints import LAST, newest_readable, read_checkpoint
@@ -148,7 +149,7 @@ def ablations_of(record: dict[str, list[str]]) -> list[str]:
 def switch_overrides(record: dict[str, list[str]]) -> list[str]:
     """The record's overrides that set a key an ablation preset sets to another value than
     the default (sizes, paths and the optimiser are not ablations)."""
-    keys, default = switch_keys(), OmegaConf.structured(load_config())
+    keys, default = switch_keys(), _default_config()
     out = []
     for item in record.get("overrides", []):
         key = item.split("=", 1)[0]
@@ -156,6 +157,14 @@ def switch_overrides(record: dict[str, list[str]]) -> list[str]:
                             != OmegaConf.select(default, key)):
             out.append(item)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _default_config() -> DictConfig:
+    """The default configuration (read-only; the YAML files do not change while running)."""
+    cfg = OmegaConf.structured(load_config())
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
 
 
 def result_label(record: dict[str, list[str]], variant: str = "") -> str:
@@ -200,7 +209,7 @@ def load_module(ckpt: str | Path | None, purpose: str = "evaluation"
     if not ckpt:
         raise ValueError(f"{purpose} needs a checkpoint: pass ckpt=path/to/file.ckpt")
     raw = read_checkpoint(ckpt)
-    return str(ckpt), raw, AVMasterModule.load_from_checkpoint(ckpt, map_location="cpu")
+    return str(ckpt), raw, AVMasterModule.from_checkpoint(raw)
 
 
 def check_inference(inference: InferenceConfig, model: AVMaster, steps: int, ckpt: str | Path,

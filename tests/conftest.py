@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FIXTURES, tiny_overrides
+from helpers import FIXTURES, run_ddp_script, tiny_overrides
 
 from avmaster.cli import main
 
@@ -50,3 +50,10 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     overrides = tiny_overrides(root)
     assert main(["train", *overrides, "trainer.max_epochs=1"]) == 0
     return TinyRun(root, overrides)
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tmp_path_factory) -> Path:
+    """One two-rank DDP run on CPU (fit, then the per-type metric over uneven shards), shared
+    by the DDP tests of the model and of the metrics."""
+    return run_ddp_script(tmp_path_factory.mktemp("ddp"))

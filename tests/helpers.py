@@ -217,3 +217,63 @@ def assert_clean(nb: Any) -> None:
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors, errors
+
+
+def ddp_metric_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Predictions, labels (some -1) and question types of 137 questions."""
+    g = torch.Generator().manual_seed(0)
+    n = 137
+    return (torch.randint(0, 4, (n,), generator=g), torch.randint(-1, 4, (n,), generator=g),
+            torch.randint(0, 9, (n,), generator=g))
+
+
+# Two CPU ranks (Lightning's DDP launcher): fit a small model one epoch, then fill the per-type
+# metric with uneven shards of ddp_metric_data() and write each rank's synced table.
+DDP_SCRIPT = """
+import dataclasses, json, sys, torch, lightning as L
+sys.path.insert(0, {tests!r})
+from helpers import ListData, make_batch, SMALL, DIMS, C, ddp_metric_data
+from avmaster.data.tables import get_table
+from avmaster.lightning_module import AVMasterModule
+from avmaster.metrics import GroupedAccuracy
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    model = AVMasterModule(dataclasses.replace(SMALL, dim=16, heads=2), None, None,
+                           dataclasses.asdict(DIMS), num_answers=C)
+    data = ListData([make_batch(seed=s) for s in range(4)])
+    trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir={root!r})
+    trainer.fit(model, datamodule=data)
+    acc = float(trainer.callback_metrics["val/acc"])
+    rank, world = trainer.global_rank, trainer.world_size
+    with open(f"{root}/rank{{rank}}.txt", "w") as f:
+        f.write(f"RANK{{rank}} WORLD{{world}} ACC{{acc:.3f}}")
+    pred, label, group = ddp_metric_data()
+    metric = GroupedAccuracy(get_table("music_avqa"))
+    for start in range(rank * 10, len(pred), world * 10):  # uneven shards across ranks
+        metric.update(pred[start:start + 10], label[start:start + 10], group[start:start + 10])
+    with open(f"{root}/metrics{{rank}}.json", "w") as f:
+        json.dump(metric.compute(), f)
+    trainer.strategy.barrier()  # both ranks have written before either exits
+"""
+
+
+def run_ddp_script(root: Path) -> Path:
+    """Run :data:`DDP_SCRIPT` in ``root`` (two processes); returns ``root``."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = root / "ddp_smoke.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(tests=str(REPO / "tests"),
+                                                        root=str(root))))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("MASTER_PORT", None)
+    run = subprocess.run([sys.executable, str(script)], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root

@@ -1,11 +1,10 @@
 import csv
-import os
+import json
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as tmp
+from helpers import ddp_metric_data
 
 from avmaster.data.annotations import load_annotations
 from avmaster.data.tables import TABLES, get_table
@@ -78,42 +77,12 @@ def test_write_results(tmp_path):
     assert "| AV-Master (ours) | 50.00 |" in text and js.exists()
 
 
-def _ddp_worker(rank: int, world: int, port: int, data, out) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    pred, label, group = data
-    m = GroupedAccuracy(get_table("music_avqa"))
-    for start in range(rank * 10, len(pred), world * 10):  # uneven shards across ranks
-        sl = slice(start, start + 10)
-        m.update(pred[sl], label[sl], group[sl])
-    result = m.compute()
-    if rank == 0:
-        out.put(result)
-    dist.barrier()
-    dist.destroy_process_group()
-
-
 @pytest.mark.slow
-def test_ddp_two_processes_equal_one():
-    g = torch.Generator().manual_seed(0)
-    n = 137
-    data = (torch.randint(0, 4, (n,), generator=g), torch.randint(-1, 4, (n,), generator=g),
-            torch.randint(0, 9, (n,), generator=g))
+def test_ddp_two_processes_equal_one(ddp_run: Path):
+    """The per-type tables of two DDP ranks holding uneven shards equal one process's."""
     single = GroupedAccuracy(get_table("music_avqa"))
-    single.update(*data)
+    single.update(*ddp_metric_data())
     expected = single.compute()
-    ctx = tmp.get_context("spawn")
-    out = ctx.Queue()
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, data, out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = out.get(timeout=120)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    assert got == pytest.approx(expected, nan_ok=True)
+    for rank in (0, 1):
+        got = json.loads((ddp_run / f"metrics{rank}.json").read_text())
+        assert got == pytest.approx(expected, nan_ok=True)

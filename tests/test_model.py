@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +11,6 @@ import pytest
 import torch
 from helpers import (
     DIMS,
-    REPO,
     SMALL,
     B,
     C,
@@ -375,42 +370,9 @@ def test_out_of_vocabulary_labels_never_crash(tmp_path: Path) -> None:
     assert results[0]["val/acc"] == 0.0
 
 
-DDP_SCRIPT = """
-import dataclasses, sys, torch, lightning as L
-from torch.utils.data import DataLoader
-sys.path.insert(0, {tests!r})
-from helpers import ListData, make_batch, SMALL, DIMS, C
-from avmaster.lightning_module import AVMasterModule
-
-if __name__ == "__main__":
-    torch.manual_seed(0)
-    model = AVMasterModule(dataclasses.replace(SMALL, dim=16, heads=2), None, None,
-                           dataclasses.asdict(DIMS), num_answers=C)
-    data = ListData([make_batch(seed=s) for s in range(4)])
-    trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0,
-                        default_root_dir={root!r})
-    trainer.fit(model, datamodule=data)
-    acc = float(trainer.callback_metrics["val/acc"])
-    rank = trainer.global_rank
-    with open(f"{root}/rank{{rank}}.txt", "w") as f:
-        f.write(f"RANK{{rank}} WORLD{{trainer.world_size}} ACC{{acc:.3f}}")
-    trainer.strategy.barrier()  # both ranks have written before either exits
-"""
-
-
 @pytest.mark.slow
-def test_ddp_two_process_cpu_smoke(tmp_path: Path) -> None:
-    script = tmp_path / "ddp_smoke.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(tests=str(REPO / "tests"),
-                                                        root=str(tmp_path))))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("MASTER_PORT", None)
-    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=180)
-    assert run.returncode == 0, run.stderr[-3000:]
-    lines = [p.read_text() for p in sorted(tmp_path.glob("rank*.txt"))]
+def test_ddp_two_process_cpu_smoke(ddp_run: Path) -> None:
+    lines = [p.read_text() for p in sorted(ddp_run.glob("rank*.txt"))]
     assert sorted(x.split()[0] for x in lines) == ["RANK0", "RANK1"]
     assert all("WORLD2" in x for x in lines)
     assert len({x.split()[2] for x in lines}) == 1  # both ranks log the same synced accuracy

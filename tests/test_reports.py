@@ -15,9 +15,10 @@ from avmaster import reports
 from avmaster.config import load_variant, preset_names
 
 
-@pytest.fixture
-def results(tmp_path: Path) -> Path:
-    return make_results(tmp_path / "results")
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Written once; the tests only read it."""
+    return make_results(tmp_path_factory.mktemp("reports") / "results")
 
 
 def test_reported_tables_hold_the_papers_numbers():

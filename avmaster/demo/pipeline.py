@@ -336,10 +336,14 @@ def run_demo(settings: DemoSettings | None = None,
         sources.append(os.path.relpath(results, out / "results"))
         run_dirs.append(results.parent)
         timings[f"train_{name}_s"] = time.monotonic() - t
-        order_only[method], n_order = order_only_accuracy(
+        order_acc, n_order = order_only_accuracy(
             results.with_name(f"predictions_{DATA_PRESET}.jsonl"), data.annotations["test"])
-        say(f"[demo] {method}: avg {acc['avg']:.2f}%, order-only {order_only[method]:.2f}% "
-            f"({n_order} questions) in {timings[f'train_{name}_s']:.0f} s")
+        if n_order:
+            order_only[method] = order_acc
+        order_note = (f"order-only {order_acc:.2f}% ({n_order} questions)" if n_order
+                      else "no order-only question in the test split")
+        say(f"[demo] {method}: avg {acc['avg']:.2f}%, {order_note} in "
+            f"{timings[f'train_{name}_s']:.0f} s")
         if method == FULL:
             t = time.monotonic()
             probe, _ = probe_demo(overrides, best, out, settings.seed)
