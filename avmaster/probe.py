@@ -41,15 +41,14 @@ from torch.utils.data import DataLoader, Dataset
 from avmaster.atomic import atomic_write_text
 from avmaster.data.dataset import Batch, QADataset
 from avmaster.data.records import QARecord
-from avmaster.data.store import VideoFeatures
+from avmaster.data.store import EMPTY_INPUT_ATTRS, VideoFeatures
 from avmaster.data.tables import TableSpec
 from avmaster.metrics import GroupedAccuracy
 
 log = logging.getLogger(__name__)
 
 ORIGINAL = "original"
-# The feature-file attributes holding the encoder's output for an empty input (one [D] vector).
-SILENCE_ATTR, BLANK_ATTR = "silence", "blank"
+SILENCE_ATTR, BLANK_ATTR = EMPTY_INPUT_ATTRS["audio"], EMPTY_INPUT_ATTRS["visual"]
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from avmaster.extract.parts import VIDEO_PART, list_parts, video_parts_dir
 from avmaster.extract.runner import main
 from avmaster.extract.synth_media import ClipSpec, second_colour, synthetic_clip, write_video
 from avmaster.extract.text import collect_texts
+from avmaster.probe import BLANK_ATTR, SILENCE_ATTR, empty_vector
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model", "avmaster-tiny", "--random-init", "--seconds", str(SECONDS),
@@ -423,6 +424,26 @@ def test_run_outputs(single_run: Path, media: dict[str, Path], annotations: list
         np.testing.assert_allclose(f.sentence, sentence[i], atol=ATOL, rtol=ATOL)
 
 
+def test_empty_second_vectors_recorded(single_run: Path, tmp_path: Path) -> None:
+    """The audio file records the encoder's silence vector, the visual its black-frame vector:
+    exactly the rows a video without sound / a black video gets."""
+    p = paths_of(single_run)
+    audio, visual = VideoFeatures(p.audio), VideoFeatures(p.visual)
+    silence, blank = audio.attrs["silence"], visual.attrs["blank"]
+    assert silence.shape == (128,) and blank.shape == (64,)
+    np.testing.assert_array_equal(audio["noaudio"], np.broadcast_to(silence, (SECONDS, 128)))
+    assert not np.allclose(audio["plain"][0], silence)
+    black = write_video(tmp_path / "black.mp4", np.zeros((SECONDS * 4, 32, 32, 3), np.uint8), 4)
+    rows, _, _ = FeatureExtractor(tiny_config(tmp_path)).encode_video_file(black)
+    np.testing.assert_allclose(rows, np.broadcast_to(blank, rows.shape), atol=0.02)
+    assert not np.allclose(visual["plain"][0], blank, atol=0.02)
+    # what the probe silences and blanks with
+    vec, source = empty_vector(audio, SILENCE_ATTR)
+    assert source.endswith(":silence") and np.array_equal(vec, silence)
+    vec, source = empty_vector(visual, BLANK_ATTR)
+    assert source.endswith(":blank") and np.array_equal(vec, blank)
+
+
 def test_rerun_skips_done(single_run: Path, media: dict[str, Path], annotations: list[Path],
                           capsys: pytest.CaptureFixture[str]) -> None:
     p = paths_of(single_run)
@@ -448,6 +469,9 @@ def test_shards_then_merge_equal_single_run(single_run: Path, media: dict[str, P
     ref = paths_of(single_run)
     assert_same_features(p.visual, ref.visual)
     assert_same_features(p.audio, ref.audio)
+    for path, ref_path, attr in ((p.audio, ref.audio, "silence"), (p.visual, ref.visual, "blank")):
+        np.testing.assert_array_equal(VideoFeatures(path).attrs[attr],
+                                      VideoFeatures(ref_path).attrs[attr])
     assert p.report.read_text() == ref.report.read_text()
     a, b = TextFeatures(p.text, preload=True), TextFeatures(ref.text, preload=True)
     assert len(a) == len(b)

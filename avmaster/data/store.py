@@ -218,6 +218,9 @@ def read_attrs(path: Path | str) -> dict[str, Any]:
 
 
 IMPORTED = "imported_from"  # attribute of files holding imported features: JSON list of sources
+# Attribute of a video feature file holding its encoder's vector [D] for an empty second (a
+# silent second of audio, a black frame), written by extraction; per modality.
+EMPTY_INPUT_ATTRS = {"audio": "silence", "visual": "blank"}
 # What must agree for features of two sources to share one file (compared when both record it).
 IDENTITY_ATTRS = ("kind", "modality", "encoder", "pretrained", "dim", "postprocess", "normalized",
                   "fps")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from avmaster.data.store import pad_or_trim
+from avmaster.extract.audio import SAMPLE_RATE, log_mel_examples
 from avmaster.extract.config import CLAP_RATE, ExtractConfig
 from avmaster.extract.decode import decode_video
 from avmaster.extract.decoded import DecodedVideo, DecodeSpec, Problem
@@ -155,6 +156,18 @@ class FeatureExtractor:
                     r.patch = self._fit(patch_s[start : start + n])
                 start += n
         return [results[v.video_id] for v in videos]
+
+    def empty_vectors(self) -> dict[str, np.ndarray]:
+        """The encoders' features of an empty second, float32 ``[D]`` per modality: ``audio``
+        of one second of digital silence, ``visual`` of a black frame; rounded to the stored
+        dtype, so they equal the rows a silent / black second gets in the feature files."""
+        clap = self.config.audio_encoder == "clap"
+        silent = (torch.zeros(1, CLAP_RATE) if clap
+                  else torch.from_numpy(log_mel_examples(np.zeros(SAMPLE_RATE, np.float32), 1)))
+        black = torch.zeros((1, *self.visual.image_size, 3), dtype=torch.uint8)
+        out = {"audio": self.audio.encode(silent)[0], "visual": self.visual.encode_images(black)[0][0]}
+        dtype = self.config.dtype
+        return {k: v.numpy().astype(dtype).astype(np.float32) for k, v in out.items()}
 
     def _fit(self, x: np.ndarray) -> np.ndarray:
         seconds = self.config.stored_seconds

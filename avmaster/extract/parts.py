@@ -26,6 +26,7 @@ import numpy as np
 
 from avmaster.atomic import atomic_write_text
 from avmaster.data.store import (
+    EMPTY_INPUT_ATTRS,
     IMPORTED,
     FeatureStoreError,
     atomic_h5,
@@ -152,10 +153,13 @@ class VideoResult:
 
 class VideoPartWriter:
     """Buffers :class:`VideoResult` s and writes them as a part every ``max_videos`` videos,
-    ``max_seconds`` seconds or :data:`PART_BYTES` bytes, and on :meth:`flush`."""
+    ``max_seconds`` seconds or :data:`PART_BYTES` bytes, and on :meth:`flush`. ``empty``: the
+    encoders' empty-second vectors per modality, kept as attributes of every part."""
 
-    def __init__(self, folder: Path, cfg: ExtractConfig):
+    def __init__(self, folder: Path, cfg: ExtractConfig,
+                 empty: dict[str, np.ndarray] | None = None):
         self.folder, self.cfg = folder, cfg
+        self.empty = {EMPTY_INPUT_ATTRS[m]: v for m, v in (empty or {}).items()}
         self.settings = settings_json({"visual": visual_settings(cfg),
                                        "audio": audio_settings(cfg)})
         self.buffer: list[VideoResult] = []
@@ -192,7 +196,7 @@ class VideoPartWriter:
             problems = [json.dumps(p.to_dict()) for r in self.buffer for p in r.problems]
             f.create_dataset("problems", data=problems, dtype=h5py.string_dtype())
             f.attrs.update({"kind": "video-part", "settings": self.settings,
-                            "shard": shard_name(self.cfg.shard)})
+                            "shard": shard_name(self.cfg.shard), **self.empty})
         self.buffer, self.bytes, self.last = [], 0, time.monotonic()
         self.parts_written += 1
 
@@ -205,6 +209,7 @@ class PartIndex:
     failed: set[str] = field(default_factory=set)
     problems: dict[str, list[Problem]] = field(default_factory=dict)
     parts: list[Path] = field(default_factory=list)
+    empty: dict[str, np.ndarray] = field(default_factory=dict)  # attribute -> empty-second vector
 
 
 def _strings(ds: h5py.Dataset) -> list[str]:
@@ -219,10 +224,13 @@ def read_video_parts(folder: Path) -> PartIndex:
             with h5py.File(part, "r") as f:
                 ok, failed = _strings(f["ids"]), _strings(f["failed"])
                 problems = [Problem(**json.loads(s)) for s in _strings(f["problems"])]
+                empty = {a: np.asarray(f.attrs[a], np.float32)
+                         for a in EMPTY_INPUT_ATTRS.values() if a in f.attrs}
         except (OSError, KeyError) as e:
             log.warning("%s: unreadable part ignored (%s); its videos will be redone", part, e)
             continue
         index.parts.append(part)
+        index.empty.update(empty)
         by_video: dict[str, list[Problem]] = {}
         for p in problems:
             by_video.setdefault(p.video_id, []).append(p)
@@ -403,8 +411,14 @@ def _merge_videos(cfg: ExtractConfig, paths: FeaturePaths, written: list[Path]
             for name, (path, settings) in finals.items():
                 extra = {"settings": settings_json(settings), "n_failed": len(failed),
                          **_modality_attrs(cfg, name)}
-                if path.exists() and IMPORTED in read_attrs(path):
-                    extra[IMPORTED] = read_attrs(path)[IMPORTED]
+                old_attrs = read_attrs(path) if path.exists() else {}
+                if IMPORTED in old_attrs:
+                    extra[IMPORTED] = old_attrs[IMPORTED]
+                empty = EMPTY_INPUT_ATTRS.get(name)
+                if empty in index.empty:
+                    extra[empty] = index.empty[empty]
+                elif empty in old_attrs and final_matches(path, settings):
+                    extra[empty] = np.asarray(old_attrs[empty], np.float32)
                 if name == "patch" and ids:  # rows are [tokens x dim] flattened
                     dim = int(next(rows("visual"))[1].shape[1])
                     extra.update(token_dim=dim,

@@ -146,9 +146,9 @@ def extract_videos(cfg: ExtractConfig, extractor: FeatureExtractor,
     from avmaster.extract.decode import iter_decoded
     from avmaster.extract.parts import VideoPartWriter, VideoResult, shard_name, video_parts_dir
 
-    writer = VideoPartWriter(video_parts_dir(cfg), cfg)
     spec = extractor.decode_spec
-    _ = extractor.audio  # build both encoders before the workers start
+    # builds both encoders before the workers start
+    writer = VideoPartWriter(video_parts_dir(cfg), cfg, empty=extractor.empty_vectors())
     workers = min(cfg.workers, len(items))
     group: list[DecodedVideo] = []
     bar = tqdm(total=len(items), unit="video", disable=not cfg.progress, smoothing=0.05,
