@@ -165,7 +165,8 @@ class FeatureExtractor:
         silent = (torch.zeros(1, CLAP_RATE) if clap
                   else torch.from_numpy(log_mel_examples(np.zeros(SAMPLE_RATE, np.float32), 1)))
         black = torch.zeros((1, *self.visual.image_size, 3), dtype=torch.uint8)
-        out = {"audio": self.audio.encode(silent)[0], "visual": self.visual.encode_images(black)[0][0]}
+        out = {"audio": self.audio.encode(silent)[0],
+               "visual": self.visual.encode_images(black)[0][0]}
         dtype = self.config.dtype
         return {k: v.numpy().astype(dtype).astype(np.float32) for k, v in out.items()}
 
