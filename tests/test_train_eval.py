@@ -3,7 +3,7 @@ evaluate, and check that scoring the written predictions reproduces the evaluati
 
 import csv
 import json
-import subprocess
+import logging
 import sys
 from pathlib import Path
 
@@ -60,15 +60,33 @@ def test_train_resume_eval_score(tiny_run, fixtures, capsys, caplog):
         assert rescored[col] == pytest.approx(acc, abs=1e-6), col
 
 
-def test_command_line_prints_each_log_line_once(tiny_run, tmp_path):
-    """A fresh process, as users run it: Lightning attaches its own log handler only when the
-    root logger has none at import, which is never the case inside pytest."""
-    done = subprocess.run([sys.executable, "-m", "avmaster.cli", "eval", *tiny_run.overrides,
-                           f"ckpt={tiny_run.ckpt}", f"output_dir={tmp_path}",
-                           "save_predictions=false"],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    log = done.stdout + done.stderr
+def test_command_line_prints_each_log_line_once(tiny_run, tmp_path, capsys):
+    """As users run it. In the ``avmaster`` process the root logger gets its handler before
+    Lightning is imported, so Lightning's sub-loggers propagate and only its top logger's own
+    handler prints. Pytest imports Lightning first (its sub-loggers then get handlers of their
+    own) and holds the root's handlers: both are set to the command's state here, and
+    Lightning's real handler writes to the captured stream."""
+    import lightning  # noqa: F401  (attaches its handler on import)
+
+    root, light = logging.getLogger(), logging.getLogger("lightning")
+    subs = [logging.getLogger(f"lightning.{n}") for n in ("pytorch", "fabric")]
+    saved = [(lg, lg.handlers[:], lg.propagate) for lg in (root, light, *subs)]
+    streams = [h.setStream(sys.stderr) for h in light.handlers]  # capsys's stream
+    for lg in (root, *subs):
+        lg.handlers.clear()
+        lg.propagate = True
+    try:
+        assert main(["eval", *tiny_run.overrides, f"ckpt={tiny_run.ckpt}",
+                     f"output_dir={tmp_path}", "save_predictions=false"]) == 0
+    finally:
+        for h in root.handlers:
+            h.close()
+        for lg, handlers, propagate in saved:
+            lg.handlers[:], lg.propagate = handlers, propagate
+        for h, stream in zip(light.handlers, streams, strict=True):
+            h.setStream(stream)
+    captured = capsys.readouterr()
+    log = captured.out + captured.err
     # Lightning's lines come once, from its own handler, not again through the root logger
     assert "INFO: GPU available:" in log and "INFO lightning." not in log, log
     assert log.count("INFO avmaster.data.datamodule: test: 108 questions") == 1, log
