@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
-from avmaster.models.time_embedding import TIME_EMBEDDINGS
-
 Share = Literal["none", "attention", "bias", "both"]
 FOCUS_UPDATES: tuple[str, ...] = ("replace", "gated")
+TIME_EMBEDDINGS: tuple[str, ...] = ("none", "focus", "all")  # see models/time_embedding.py
 SHARE_OPTIONS: tuple[str, ...] = ("none", "attention", "bias", "both")
 
 

@@ -19,7 +19,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-TIME_EMBEDDINGS: tuple[str, ...] = ("none", "focus", "all")
 BASE = 10000.0  # the wavelength base of Vaswani et al.
 
 
