@@ -321,6 +321,7 @@ def probe_checkpoint(cfg: Any, probes: Sequence[str] = tuple(PROBES), seed: int 
                      per_template: bool = False) -> tuple[ProbeReport, dict[str, Path]]:
     """Load ``cfg.ckpt``, run the probes on ``cfg.data``'s test split and write the report
     (default ``<run_dir>/probe_<data>.{json,md,png}``)."""
+    from avmaster.config import to_dict
     from avmaster.training import build_trainer, load_checkpoint
 
     ckpt = cfg.ckpt
@@ -329,7 +330,8 @@ def probe_checkpoint(cfg: Any, probes: Sequence[str] = tuple(PROBES), seed: int 
     trainer = build_trainer(cfg, logs=False)
     report = run_probes(module, ds, dm.spec, trainer, probes, seed, cfg.data.eval_batch_size,
                         cfg.data.num_workers, subsets, per_template)
-    report.meta.update({"checkpoint": str(ckpt), "data": cfg.data.name})
+    report.meta.update({"checkpoint": str(ckpt), "data": cfg.data.name,
+                        "inference": to_dict(cfg.inference)})
     files = write_probe_report(out or cfg.run_dir / f"probe_{cfg.data.name}", report,
                                f"{Path(ckpt).name} on {cfg.data.name}")
     return report, files

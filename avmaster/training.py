@@ -326,8 +326,12 @@ def drop_rows_after(metrics: Path, step: int) -> int:
 
 def load_checkpoint(cfg: Config, ckpt: str | None, purpose: str
                     ) -> tuple[AVMasterModule, AVQADataModule]:
-    """The module of ``ckpt`` and a datamodule of ``cfg.data`` with the checkpoint's answers."""
-    _, _, module = load_module(ckpt, purpose)
+    """The module of ``ckpt``, set to infer as ``cfg.inference`` says, and a datamodule of
+    ``cfg.data`` with the checkpoint's answers."""
+    ckpt, _, module = load_module(ckpt, purpose)
+    check_inference(cfg.inference, module.model, cfg.data.segments or cfg.data.seconds, ckpt,
+                    "inference")
+    module.inference = cfg.inference
     return module, build_datamodule(cfg, answers=module.hparams.get("answers"))
 
 

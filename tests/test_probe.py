@@ -3,6 +3,7 @@ from an order-blind one."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -35,6 +36,7 @@ from avmaster.probe import (
     run_probes,
     write_probe_report,
 )
+from avmaster.training import results_name
 
 SECONDS = 4
 SPEC = get_table("music_avqa")
@@ -206,6 +208,16 @@ def test_probe_command_and_notebook(tiny_run, tmp_path, capsys, monkeypatch) -> 
     assert "question_only" in out and "answers changed" in out
     assert "| Is the <Object> in the video always playing? | " in out  # a template's row
     assert (tmp_path / "runs" / "tiny" / "probe_music_avqa.png").exists()
+    # inference settings apply: the unchanged input is answered as `eval` answers it
+    for setting in ("inference.drop=[tdpp]", "inference.combine=mul"):
+        assert main(["eval", *overrides, f"ckpt={ckpt}", setting]) == 0
+        name = results_name("music_avqa", setting)
+        expected = json.loads((tmp_path / "runs" / "tiny" / f"{name}.json").read_text())
+        expected = expected["accuracy"]
+        assert main(["probe", "--probes", "reversed", *overrides, f"ckpt={ckpt}", setting]) == 0
+        probed = json.loads((tmp_path / "runs" / "tiny" / "probe_music_avqa.json").read_text())
+        assert probed["accuracy"]["original"] == pytest.approx(expected), setting
+    capsys.readouterr()
     assert main(["probe", *overrides, f"ckpt={ckpt}", "--probes", "backwards"]) == 2
     assert "unknown probe 'backwards'" in capsys.readouterr().err
     # the notebook probes the same checkpoint live and shows every report it finds
