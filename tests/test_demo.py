@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -341,3 +342,17 @@ def test_demo_command_line(tmp_path):
                                                       order_gap=2, min_answer_count=1))
     args = extract_args(s, ds, Path(tmp_path / "features"))
     assert "--random-init" in args and args[args.index("--model") + 1] == "avmaster-tiny"
+
+
+def test_demo_order_share_option_reaches_synth_config():
+    from avmaster.demo import DemoSettings, settings_from_args
+
+    assert settings_from_args([]).synth_config().p_order == SynthConfig().p_order == 0.25
+    s = settings_from_args(["--order-share", "1.0", "--quick"])
+    assert s.order_share == 1.0 and s.synth_config().p_order == 1.0
+    assert DemoSettings(order_share=0.5).quick().synth_config().p_order == 0.5
+    scenes = sample_scenes(replace(s.synth_config(), videos=20))
+    assert all(len(sc.instruments) == 2 for sc in scenes)  # every scene an order scene
+    assert settings_from_args(["--order-share", "0"]).synth_config().p_order == 0.0
+    with pytest.raises(SystemExit):
+        settings_from_args(["--order-share", "1.5"])

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     p.add_argument("--videos", type=int, default=None, help="number of synthetic videos")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per model")
+    p.add_argument("--order-share", type=float, default=d.order_share, metavar="P",
+                   help="share of the videos that are order scenes (two sounds whose order "
+                        "alone answers 'Which sounds first/last?'), 0 to 1")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="processes writing and decoding videos")
     p.add_argument("--clip-weights", default=None, metavar="FILE",
@@ -58,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(argv: Sequence[str]) -> DemoSettings:
     a = build_parser().parse_args(list(argv))
+    if not 0.0 <= a.order_share <= 1.0:
+        build_parser().error(f"--order-share {a.order_share}: a share from 0 to 1")
     s = DemoSettings(out=a.out, seed=a.seed, device=a.device, workers=a.workers,
+                     order_share=a.order_share,
                      clip_weights=a.clip_weights, vggish_weights=a.vggish_weights,
                      clip_model=a.clip_model, clip_pretrained=a.clip_pretrained)
     if a.quick:

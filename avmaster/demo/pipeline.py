@@ -55,6 +55,7 @@ class DemoSettings:
     seconds: int = 10
     fps: int = 4
     questions_per_video: float = 1.0  # per template
+    order_share: float = 0.25  # share of order scenes (SynthConfig.p_order)
     # encoders: random initialisation unless both weight files are given (or in the env vars)
     clip_weights: str | None = None
     vggish_weights: str | None = None
@@ -85,7 +86,7 @@ class DemoSettings:
     def synth_config(self) -> SynthConfig:
         return SynthConfig(videos=self.videos, seconds=self.seconds, fps=self.fps,
                            questions_per_video=self.questions_per_video, seed=self.seed,
-                           workers=self.workers)
+                           p_order=self.order_share, workers=self.workers)
 
 
 @dataclass
