@@ -3,8 +3,9 @@ checkpoint on the demo's test and training split with the seconds as they are, r
 shuffled, and prints, for all questions and for the order-only ones ("Which sounds first/last,
 the X or the Y?"), the accuracy and the share of answers each change flipped.
 
-Unlike ``avmaster probe``, it applies the ``inference.*`` overrides (e.g. ``inference.drop=
-[tdpp]``: only the preference paths vote), so it can tell which path reads order. Example::
+``inference.*`` overrides apply (e.g. ``inference.drop=[tdpp]``: only the preference paths
+vote), so it can tell which path reads order. ``avmaster probe --per-template`` shows the same
+questions as the order-only template's row, one split at a time. Example::
 
     python tools/order_probe.py --json probe.json ckpt=runs/avmaster/checkpoints/last.ckpt \\
         data=demo data.annotations_dir=outputs/demo/data data.features_dir=outputs/demo/features
@@ -31,7 +32,6 @@ def probe_split(overrides: list[str], seed: int = 0) -> dict[str, float]:
     """Accuracy (%) and changed answers (%) on ``data.test`` of ``overrides``' checkpoint."""
     cfg = load_config(overrides=overrides)
     module, dm = load_checkpoint(cfg, cfg.ckpt, "probing")
-    module.inference = cfg.inference
     ds = dm.dataset("test")
     report = run_probes(module, ds, dm.spec, build_trainer(cfg, logs=False), PROBES, seed,
                         cfg.data.eval_batch_size, 0)
