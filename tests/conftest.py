@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,14 @@ import torch
 from helpers import FIXTURES, run_ddp_script, tiny_overrides
 
 from avmaster.cli import main
+
+# Under pytest-xdist (`make test` runs one worker per core) each worker, and each process it
+# starts, gets an equal share of the cores: threads of two workers competing for one core slow
+# both several-fold.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_share)
+    torch.set_num_threads(_share)
 
 
 @pytest.fixture
