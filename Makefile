@@ -15,11 +15,14 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/avmaster demo $(ARGS)
 
+# pytest-xdist workers (each gets an equal share of the cores; 0 = one process)
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 test-fast: $(STAMP)  # everything but the tests marked slow (CI runs those too)
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check avmaster tools tests

@@ -431,7 +431,9 @@ def test_empty_second_vectors_recorded(single_run: Path, tmp_path: Path) -> None
     audio, visual = VideoFeatures(p.audio), VideoFeatures(p.visual)
     silence, blank = audio.attrs["silence"], visual.attrs["blank"]
     assert silence.shape == (128,) and blank.shape == (64,)
-    np.testing.assert_array_equal(audio["noaudio"], np.broadcast_to(silence, (SECONDS, 128)))
+    # equal up to float16 rounding: the batch it is encoded in may change the last bit
+    np.testing.assert_allclose(audio["noaudio"], np.broadcast_to(silence, (SECONDS, 128)),
+                               rtol=2e-3, atol=1e-3)
     assert not np.allclose(audio["plain"][0], silence)
     black = write_video(tmp_path / "black.mp4", np.zeros((SECONDS * 4, 32, 32, 3), np.uint8), 4)
     rows, _, _ = FeatureExtractor(tiny_config(tmp_path)).encode_video_file(black)

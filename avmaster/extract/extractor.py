@@ -160,7 +160,7 @@ class FeatureExtractor:
     def empty_vectors(self) -> dict[str, np.ndarray]:
         """The encoders' features of an empty second, float32 ``[D]`` per modality: ``audio``
         of one second of digital silence, ``visual`` of a black frame; rounded to the stored
-        dtype, so they equal the rows a silent / black second gets in the feature files."""
+        dtype, so they equal (up to rounding) the rows a silent / black second gets in the files."""
         clap = self.config.audio_encoder == "clap"
         silent = (torch.zeros(1, CLAP_RATE) if clap
                   else torch.from_numpy(log_mel_examples(np.zeros(SAMPLE_RATE, np.float32), 1)))
