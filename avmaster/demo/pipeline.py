@@ -76,8 +76,7 @@ class DemoSettings:
 
     def quick(self) -> DemoSettings:
         """The small variant (about a minute or two on 2 CPU cores)."""
-        return replace(self, videos=80, epochs=8, questions_per_video=0.8, batch_size=32,
-                       lr=1e-3, lr_step_size=8)
+        return replace(self, videos=80, epochs=8, questions_per_video=0.8, lr_step_size=8)
 
     @property
     def pretrained(self) -> bool:
