@@ -422,7 +422,7 @@ def test_deferred_weight_grads_equal_plain_autograd(share: str, flush_rows: int,
     when a retained graph is back-propagated twice; reduced in chunks of two uses or at once."""
     monkeypatch.setattr(deferred, "FLUSH_ROWS", flush_rows)
     batch = make_batch(seed=3)
-    model, loss_cfg = build(share=share)
+    model, loss_cfg = build(share=share, deferred_weight_grads=True)
     reference = copy.deepcopy(model)
     for step in reference.focus.steps:
         step.deferred_weight_grads = False
@@ -441,7 +441,7 @@ def test_deferred_weight_grads_equal_plain_autograd(share: str, flush_rows: int,
 def test_deferred_weight_grads_under_bf16_autocast() -> None:
     """bf16 autocast on CPU: deferred and plain gradients agree to bf16 precision."""
     batch = make_batch(seed=4)
-    model, loss_cfg = build()
+    model, loss_cfg = build(deferred_weight_grads=True)
     reference = copy.deepcopy(model)
     reference.focus.steps[0].deferred_weight_grads = False
     _, grads = _outputs_and_grads(model.train(), loss_cfg, batch, "bf16-mixed")

@@ -13,9 +13,10 @@ Speed without changing the math: with attention shared (``share`` = attention/bo
 visual run as one batch ``[2B, ...]`` through the shared blocks; the CAB's key/value is one
 token, so its attention output (``to_out(to_v(F^k))``) is computed for all k in one matmul
 before the loop (see :class:`~avmaster.models.blocks.SingleKeyCAB`); on CPU the N-token
-self-attention uses SDPA's math backend; the weight gradients of the step's linear layers are
-computed once over all T steps after the recurrence (:mod:`avmaster.models.deferred`;
-``deferred_weight_grads=False`` selects plain autograd, the reference it is tested against).
+self-attention uses SDPA's math backend. With ``deferred_weight_grads=True`` the weight
+gradients of the step's linear layers are computed once over all T steps after the recurrence
+(:mod:`avmaster.models.deferred`), tested against plain autograd, the default: on a quiet
+2-core CPU it was no faster (see the README's speed section).
 
 Dropout is applied to the recurrence's inputs (all seconds at once) and to its output, not
 inside the T steps: per-step masks would dominate a CPU step (the RNG costs ~10-20 ns per
@@ -54,7 +55,7 @@ class FocusStep(nn.Module):
     ``g = sigmoid(gate)`` starting at 0.5, so the state can keep earlier seconds).
     """
 
-    def __init__(self, dim: int, heads: int, ff_mult: int = 4, deferred_weight_grads: bool = True,
+    def __init__(self, dim: int, heads: int, ff_mult: int = 4, deferred_weight_grads: bool = False,
                  update: str = "replace"):
         super().__init__()
         self.sab1 = SAB(dim, heads, ff_mult)
@@ -111,7 +112,7 @@ class FocusCapture(nn.Module):
 
     ``deferred_weight_grads`` (speed only, same math): the focus step's weight gradients are
     computed in one GEMM per weight over all T seconds after the recurrence instead of one
-    small GEMM per second; ``False`` is plain autograd, the reference implementation.
+    small GEMM per second; ``False`` (default) is plain autograd, the reference implementation.
     ``update``: see :class:`FocusStep` (``replace``, the paper's, by default).
     """
 
@@ -124,7 +125,7 @@ class FocusCapture(nn.Module):
         dropout: float = 0.0,
         share_attention: bool = True,
         share_bias: bool = False,
-        deferred_weight_grads: bool = True,
+        deferred_weight_grads: bool = False,
         update: str = "replace",
     ):
         super().__init__()
