@@ -55,7 +55,7 @@ class DemoSettings:
     seconds: int = 10
     fps: int = 4
     questions_per_video: float = 1.0  # per template
-    order_share: float = 0.25  # share of order scenes (SynthConfig.p_order)
+    order_share: float = SynthConfig.p_order  # share of order scenes
     # encoders: random initialisation unless both weight files are given (or in the env vars)
     clip_weights: str | None = None
     vggish_weights: str | None = None
