@@ -169,6 +169,7 @@ def test_log_mel_matches_vggish_reference() -> None:
 
 def test_feature_extractor_api(media: dict[str, Path], tmp_path: Path) -> None:
     ex = FeatureExtractor(tiny_config(tmp_path))
+    assert FeatureExtractor(tiny_config(tmp_path), text_batch_size=3).config.text_batch_size == 3
     visual, audio, problems = ex.encode_video_file(media["short"])
     assert visual.shape == (SECONDS, 64) and audio.shape == (SECONDS, 128)
     assert visual.dtype == np.float32 and [p.kind for p in problems] == ["short_video"]

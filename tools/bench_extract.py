@@ -14,6 +14,7 @@ and frames/s (one frame per second of video) per stage, as text and as one JSON 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -113,7 +114,7 @@ def bench_encode(ex: FeatureExtractor, seconds: int, batches: int) -> dict:
 
 
 def bench_end_to_end(ex: FeatureExtractor, items: list[tuple[str, Path]], out: Path) -> dict:
-    cfg = ex.config.replace(out=out, progress=False)
+    cfg = dataclasses.replace(ex.config, out=out, progress=False)
     ex.config = cfg
     stats = RunStats()
     extract_videos(cfg, ex, items, stats)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +52,7 @@ class FeatureExtractor:
 
     def __init__(self, config: ExtractConfig | None = None, **overrides: Any):
         cfg = config or ExtractConfig()
-        self.config = cfg.replace(**overrides) if overrides else cfg
+        self.config = dataclasses.replace(cfg, **overrides) if overrides else cfg
         self.device = resolve_device(self.config.device)
         self.precision = resolve_precision(self.config.precision, self.device)
         self._clip: ClipEncoder | None = None

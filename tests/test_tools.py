@@ -1,0 +1,45 @@
+"""The benchmark scripts in tools/ run (at tiny sizes) and print their figures."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO
+
+
+def run_tool(name: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python tools/<name> <args>``, in this process; fails on a non-zero exit status."""
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    try:
+        runpy.run_path(str(REPO / "tools" / name), run_name="__main__")
+    except SystemExit as done:
+        assert done.code in (0, None), f"{name} exited with {done.code}"
+
+
+def test_bench_train_prints_step_time_flops_and_memory(monkeypatch, capsys) -> None:
+    run_tool("bench_train.py", ["--batch", "2", "--seconds", "3", "--dim", "16", "--set",
+                                "heads=2", "--warmup", "0", "--steps", "1"], monkeypatch)
+    out = capsys.readouterr().out
+    assert "step_s=" in out and "gflop_per_s=" in out and "peak_mem_mb=" in out
+
+
+def test_bench_loader_prints_samples_per_second(monkeypatch, capsys) -> None:
+    run_tool("bench_loader.py", ["--videos", "6", "--questions", "40", "--seconds", "3",
+                                 "--batch", "4", "--batches", "2", "--workers", "0",
+                                 "--preload", "1"], monkeypatch)
+    assert "samples/s" in capsys.readouterr().out
+
+
+def test_bench_extract_runs_every_stage(tmp_path: Path, monkeypatch, capsys) -> None:
+    run_tool("bench_extract.py", ["--model", "avmaster-tiny", "--random-init", "--device",
+                                  "cpu", "--workers", "0", "--n-videos", "1", "--seconds", "2",
+                                  "--width", "64", "--height", "48", "--fps", "4",
+                                  "--batch-size", "8", "--audio-batch-size", "8",
+                                  "--encode-batches", "1", "--work", str(tmp_path)], monkeypatch)
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"decode", "encode", "end_to_end"} <= set(figures)
+    assert figures["end_to_end"]["videos_s"] > 0

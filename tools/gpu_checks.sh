@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The README's GPU figures in one run (training step, loader, extraction), sized to finish in
+# about 8 minutes on one H100/H200. Writes gpu_checks.log (and one JSON line per benchmark) to
+# the folder given, default $OUT or /tmp/gpu_checks.
+#
+#   bash tools/gpu_checks.sh [FOLDER]          # on the GPU machine, from the repository root
+#   SMOKE=1 PYTHON=.venv/bin/python bash tools/gpu_checks.sh /tmp/gc   # tiny sizes, on CPU
+#
+# A machine with PyTorch (CUDA) but without this project's other packages installs them from
+# wheels in .whl/ (pure-Python or manylinux x86-64 wheels for its Python, downloaded where pip
+# works: omegaconf, antlr4-python3-runtime, open_clip_torch, ftfy, wcwidth, torchvggish, av,
+# resampy, soundfile). Encoders are randomly initialised: ViT-L-14-336 costs the same with or
+# without its weights, and nothing is downloaded.
+set -uo pipefail
+out=${1:-${OUT:-/tmp/gpu_checks}}
+mkdir -p "$out"
+log=$out/gpu_checks.log
+PYTHON=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+
+if [ "${SMOKE:-0}" = 1 ]; then  # the same commands at sizes a CPU runs in seconds
+    device=cpu precision=32 batches=(4) dim=(--dim 32) seconds=4 steps=(--warmup 1 --steps 1)
+    clip=avmaster-tiny videos=2 video_s=4 loader=(--videos 20 --questions 200 --batches 5)
+else
+    device=cuda precision=bf16-mixed batches=(32 128) dim=() seconds=60
+    steps=(--warmup 5 --steps 20) clip=ViT-L-14-336 videos=48 video_s=60
+    loader=(--batches 200)
+fi
+
+run() {  # run LIMIT_S CMD...: log the command, its last lines and its exit status
+    local limit=$1
+    shift
+    echo "== $*" >>"$log"
+    timeout "$limit" "$@" >"$out/last.txt" 2>&1
+    local rc=$?
+    grep -v -e "Warning" -e "^W[0-9]" "$out/last.txt" | tail -4 >>"$log"
+    echo "rc=$rc" >>"$log"
+}
+
+{ date -u; nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"; } >"$log"
+"$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+    >>"$log" 2>&1
+for b in "${batches[@]}"; do
+    run 150 "$PYTHON" tools/bench_train.py --device "$device" --precision "$precision" \
+        --batch "$b" --seconds "$seconds" "${dim[@]}" "${steps[@]}"
+done
+run 240 "$PYTHON" tools/bench_train.py --device "$device" --precision "$precision" \
+    --batch "${batches[-1]}" --seconds "$seconds" "${dim[@]}" "${steps[@]}" --compile
+run 120 "$PYTHON" tools/bench_loader.py --batch "${batches[-1]}" --seconds "$seconds" \
+    --workers 0 4 "${loader[@]}"
+run 300 "$PYTHON" tools/bench_extract.py --model "$clip" --random-init --device "$device" \
+    --workers "$(($(nproc) - 1))" --n-videos "$videos" --seconds "$video_s" --work /tmp/gpu_videos
+rm -f "$out/last.txt"
+cat "$log"
