@@ -43,3 +43,28 @@ def test_bench_extract_runs_every_stage(tmp_path: Path, monkeypatch, capsys) -> 
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"decode", "encode", "end_to_end"} <= set(figures)
     assert figures["end_to_end"]["videos_s"] > 0
+
+
+def test_bench_compare_prints_its_timing(monkeypatch, capsys) -> None:
+    run_tool("bench_compare.py", ["--questions", "300", "--resamples", "50", "--repeats", "1"],
+             monkeypatch)
+    assert capsys.readouterr().out.strip()
+
+
+def test_bench_import_prints_its_throughput(monkeypatch, capsys) -> None:
+    run_tool("bench_import.py", ["--videos", "4", "--seconds", "3"], monkeypatch)
+    assert capsys.readouterr().out.strip()
+
+
+def test_temporal_toy_trains_each_variant(monkeypatch, capsys) -> None:
+    run_tool("temporal_toy.py", ["--seconds", "4", "--gap", "1", "--steps", "2", "--batch", "4",
+                                 "--dim", "16", "--train", "16", "--test", "8", "--variants",
+                                 "full:none", "wo_tdpp:none"], monkeypatch)
+    out = capsys.readouterr().out
+    assert "full" in out and "wo_tdpp" in out
+
+
+def test_focus_memory_on_a_checkpoint(tiny_run, monkeypatch, capsys) -> None:
+    run_tool("focus_memory.py", ["--videos", "3", "--reinit", *tiny_run.overrides,
+                                 f"ckpt={tiny_run.ckpt}"], monkeypatch)
+    assert capsys.readouterr().out.strip()
