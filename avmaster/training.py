@@ -324,14 +324,20 @@ def drop_rows_after(metrics: Path, step: int) -> int:
     return dropped
 
 
+def use_inference(module: AVMasterModule, cfg: Config, ckpt: str | Path) -> None:
+    """Set ``module`` to infer as ``cfg.inference`` says, after refusing settings the model of
+    ``ckpt`` cannot honour."""
+    check_inference(cfg.inference, module.model, cfg.data.segments or cfg.data.seconds, ckpt,
+                    "inference")
+    module.inference = cfg.inference
+
+
 def load_checkpoint(cfg: Config, ckpt: str | None, purpose: str
                     ) -> tuple[AVMasterModule, AVQADataModule]:
     """The module of ``ckpt``, set to infer as ``cfg.inference`` says, and a datamodule of
     ``cfg.data`` with the checkpoint's answers."""
     ckpt, _, module = load_module(ckpt, purpose)
-    check_inference(cfg.inference, module.model, cfg.data.segments or cfg.data.seconds, ckpt,
-                    "inference")
-    module.inference = cfg.inference
+    use_inference(module, cfg, ckpt)
     return module, build_datamodule(cfg, answers=module.hparams.get("answers"))
 
 
@@ -344,9 +350,7 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True,
         raise ConfigError(f"variants={','.join(cfg.variants)}: evaluated by "
                           "avmaster.variants.evaluate_variants (as `avmaster eval` does)")
     ckpt, raw, module = load_module(ckpt or cfg.ckpt)
-    check_inference(cfg.inference, module.model, cfg.data.segments or cfg.data.seconds, ckpt,
-                    "inference")
-    module.inference = cfg.inference
+    use_inference(module, cfg, ckpt)
     record = checkpoint_record(raw, cfg)
     # after training, its datamodule (files loaded once, warnings given once) is reused
     dm = dm or build_datamodule(cfg, answers=module.hparams.get("answers"))

@@ -427,7 +427,7 @@ def test_run_outputs(single_run: Path, media: dict[str, Path], annotations: list
 
 def test_empty_second_vectors_recorded(single_run: Path, tmp_path: Path) -> None:
     """The audio file records the encoder's silence vector, the visual its black-frame vector:
-    exactly the rows a video without sound / a black video gets."""
+    the rows a video without sound / a black video gets, up to float16 rounding."""
     p = paths_of(single_run)
     audio, visual = VideoFeatures(p.audio), VideoFeatures(p.visual)
     silence, blank = audio.attrs["silence"], visual.attrs["blank"]

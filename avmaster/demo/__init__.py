@@ -60,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(argv: Sequence[str]) -> DemoSettings:
-    a = build_parser().parse_args(list(argv))
+    parser = build_parser()
+    a = parser.parse_args(list(argv))
     if not 0.0 <= a.order_share <= 1.0:
-        build_parser().error(f"--order-share {a.order_share}: a share from 0 to 1")
+        parser.error(f"--order-share {a.order_share}: a share from 0 to 1")
     s = DemoSettings(out=a.out, seed=a.seed, device=a.device, workers=a.workers,
                      order_share=a.order_share,
                      clip_weights=a.clip_weights, vggish_weights=a.vggish_weights,

@@ -370,8 +370,9 @@ def _merge_videos(cfg: ExtractConfig, paths: FeaturePaths, written: list[Path]
     if cfg.patch_tokens:
         finals["patch"] = (paths.patch, patch_settings(cfg))
     # per file, the videos it holds (an imported file may exist without the others)
-    bases = {name: video_ids_in(p) if final_matches(p, s) else set()
-             for name, (p, s) in finals.items()}
+    matches = {name: final_matches(p, s) for name, (p, s) in finals.items()}
+    bases = {name: video_ids_in(p) if matches[name] else set()
+             for name, (p, _) in finals.items()}
     have_final = all(p.exists() for p, _ in finals.values())
     base = set.intersection(*bases.values())
     index = read_video_parts(video_parts_dir(cfg))
@@ -417,7 +418,7 @@ def _merge_videos(cfg: ExtractConfig, paths: FeaturePaths, written: list[Path]
                 empty = EMPTY_INPUT_ATTRS.get(name)
                 if empty in index.empty:
                     extra[empty] = index.empty[empty]
-                elif empty in old_attrs and final_matches(path, settings):
+                elif empty in old_attrs and matches[name]:
                     extra[empty] = np.asarray(old_attrs[empty], np.float32)
                 if name == "patch" and ids:  # rows are [tokens x dim] flattened
                     dim = int(next(rows("visual"))[1].shape[1])
