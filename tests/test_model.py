@@ -41,6 +41,7 @@ from avmaster.models import (
     PreferenceActivation,
     SingleKeyCAB,
     deferred,
+    focus_scan,
 )
 
 L_MAX = 6  # question words
@@ -422,7 +423,7 @@ def test_deferred_weight_grads_equal_plain_autograd(share: str, flush_rows: int,
     when a retained graph is back-propagated twice; reduced in chunks of two uses or at once."""
     monkeypatch.setattr(deferred, "FLUSH_ROWS", flush_rows)
     batch = make_batch(seed=3)
-    model, loss_cfg = build(share=share, deferred_weight_grads=True)
+    model, loss_cfg = build(share=share, deferred_weight_grads=True, focus_scan="autograd")
     reference = copy.deepcopy(model)
     for step in reference.focus.steps:
         step.deferred_weight_grads = False
@@ -441,7 +442,7 @@ def test_deferred_weight_grads_equal_plain_autograd(share: str, flush_rows: int,
 def test_deferred_weight_grads_under_bf16_autocast() -> None:
     """bf16 autocast on CPU: deferred and plain gradients agree to bf16 precision."""
     batch = make_batch(seed=4)
-    model, loss_cfg = build(deferred_weight_grads=True)
+    model, loss_cfg = build(deferred_weight_grads=True, focus_scan="autograd")
     reference = copy.deepcopy(model)
     reference.focus.steps[0].deferred_weight_grads = False
     _, grads = _outputs_and_grads(model.train(), loss_cfg, batch, "bf16-mixed")
@@ -450,6 +451,71 @@ def test_deferred_weight_grads_under_bf16_autocast() -> None:
         assert g.dtype == torch.float32, name
         scale = ref_grads[name].abs().max().item()
         torch.testing.assert_close(g, ref_grads[name], rtol=0, atol=0.05 * scale, msg=name)
+
+
+# -- the focus recurrence written out (model.focus_scan=manual, the default) --------------------
+
+
+def _with_scan(model: AVMaster, scan: str) -> AVMaster:
+    model = copy.deepcopy(model)
+    for step in model.focus.steps:
+        step.scan_impl = scan
+    return model
+
+
+@pytest.mark.parametrize(("share", "update", "flush_rows"),
+                         [("attention", "replace", 20), ("none", "gated", 20),
+                          ("bias", "replace", 1024)])
+def test_manual_focus_scan_equals_plain_autograd(share: str, update: str, flush_rows: int,
+                                                 monkeypatch) -> None:
+    """Outputs, focus maps and every parameter's gradient equal the step-by-step autograd
+    reference in float32, also with the weight gradients reduced in chunks of 2-3 seconds (the
+    last one partial); without gradients the forward pass gives the same outputs."""
+    monkeypatch.setattr(focus_scan, "FLUSH_ROWS", flush_rows)
+    batch = make_batch(seed=6)
+    model, loss_cfg = build(share=share, focus_update=update)
+    assert all(step.scan_impl == "manual" for step in model.focus.steps)
+    if update == "gated":
+        with torch.no_grad():
+            for step in model.focus.steps:
+                step.gate.normal_()
+    reference = _with_scan(model, "autograd")
+    out, grads = _outputs_and_grads(model.train(), loss_cfg, batch)
+    ref_out, ref_grads = _outputs_and_grads(reference.train(), loss_cfg, batch)
+    for a, b in zip(out, ref_out, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    assert all(g is not None for g in grads.values())
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    with torch.no_grad():
+        for a, b in zip(outputs_of(model.eval(), batch), outputs_of(reference.eval(), batch),
+                        strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_manual_focus_scan_under_bf16_autocast_is_as_accurate_as_autograd() -> None:
+    """Under bf16 autocast the written-out recurrence is as close to a float64 reference as
+    autograd's bf16 run (outputs and gradients; it keeps its attention softmax in float32)."""
+    batch = make_batch(seed=7)
+    model, loss_cfg = build()
+    exact = _with_scan(model, "autograd").double()
+    exact_out, exact_grads = _outputs_and_grads(
+        exact.train(), loss_cfg, {k: v.double() if v.is_floating_point() else v
+                                  for k, v in batch.items()})
+    results = {}
+    for scan in ("manual", "autograd"):
+        out, grads = _outputs_and_grads(_with_scan(model, scan).train(), loss_cfg, batch,
+                                        "bf16-mixed")
+        assert all(g.dtype == torch.float32 for g in grads.values())
+        flat = torch.cat([g.flatten().double() for g in grads.values()])
+        exact_flat = torch.cat([exact_grads[n].flatten() for n in grads])
+        results[scan] = (max(((a.double() - b).norm() / b.norm()).item()
+                             for a, b in zip(out, exact_out, strict=True)),
+                         ((flat - exact_flat).norm() / exact_flat.norm()).item())
+    (out_err, grad_err), (ref_out_err, ref_grad_err) = results["manual"], results["autograd"]
+    assert 0 < out_err <= 1.5 * ref_out_err + 1e-3
+    assert 0 < grad_err <= 1.5 * ref_grad_err + 1e-3
 
 
 def test_gated_focus_update_is_an_option_that_learns_and_reduces_to_the_paper() -> None:

@@ -226,7 +226,7 @@ class AVMaster(nn.Module):
         self.focus = (
             FocusCapture(
                 dim, heads, cfg.template_len, ff, drop, cfg.share_attention, cfg.share_bias,
-                cfg.deferred_weight_grads, cfg.focus_update,
+                cfg.deferred_weight_grads, cfg.focus_update, cfg.focus_scan,
             )
             if branches.focus
             else None

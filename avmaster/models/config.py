@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 Share = Literal["none", "attention", "bias", "both"]
 FOCUS_UPDATES: tuple[str, ...] = ("replace", "gated")
 TIME_EMBEDDINGS: tuple[str, ...] = ("none", "focus", "all")  # see models/time_embedding.py
+FOCUS_SCANS: tuple[str, ...] = ("autograd", "manual")  # see models/focus_scan.py
 SHARE_OPTIONS: tuple[str, ...] = ("none", "attention", "bias", "both")
 
 
@@ -53,9 +54,13 @@ class ModelConfig:
     - ``focus_update``: not in the paper; ``replace`` (default, faithful: each step's output is
       the new state) or ``gated`` (a learned leaky update that can keep earlier seconds;
       :class:`~avmaster.models.focus.FocusStep`).
-    - ``deferred_weight_grads`` (speed only, same math up to float summation order): the focus
-      recurrence's weight gradients in one GEMM over all T seconds; false (default) = plain
-      autograd, which was as fast or faster at 2 threads on a quiet CPU and uses less memory.
+    - ``focus_scan`` (speed only, same math up to float rounding): ``manual`` (default) runs the
+      focus recurrence as one autograd node with a written-out backward
+      (:mod:`~avmaster.models.focus_scan`); ``autograd`` records every operation of every second
+      (the reference it is tested against).
+    - ``deferred_weight_grads`` (speed only, ``focus_scan=autograd`` only; the manual scan always
+      defers): the recurrence's weight gradients in one GEMM over all T seconds; false
+      (default), which was as fast or faster at 2 threads on a quiet CPU and uses less memory.
     """
 
     dim: int = 512
@@ -75,13 +80,14 @@ class ModelConfig:
     time_embedding: str = "none"
     focus_update: str = "replace"
     deferred_weight_grads: bool = False
+    focus_scan: str = "manual"
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         for name, choices in (("share", SHARE_OPTIONS), ("focus_update", FOCUS_UPDATES),
-                              ("time_embedding", TIME_EMBEDDINGS)):
+                              ("time_embedding", TIME_EMBEDDINGS), ("focus_scan", FOCUS_SCANS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"model.{name} must be one of {choices}, got "
                                  f"{getattr(self, name)!r}")

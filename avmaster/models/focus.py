@@ -12,11 +12,13 @@ the model only through this recurrence (no positional encodings anywhere).
 Speed without changing the math: with attention shared (``share`` = attention/both) audio and
 visual run as one batch ``[2B, ...]`` through the shared blocks; the CAB's key/value is one
 token, so its attention output (``to_out(to_v(F^k))``) is computed for all k in one matmul
-before the loop (see :class:`~avmaster.models.blocks.SingleKeyCAB`); on CPU the N-token
-self-attention uses SDPA's math backend. With ``deferred_weight_grads=True`` the weight
-gradients of the step's linear layers are computed once over all T steps after the recurrence
-(:mod:`avmaster.models.deferred`), tested against plain autograd, the default: on a quiet
-2-core CPU it was no faster (see the README's speed section).
+before the loop (see :class:`~avmaster.models.blocks.SingleKeyCAB`). ``scan="manual"`` (the
+default) runs the T steps as one autograd node with a written-out backward
+(:mod:`avmaster.models.focus_scan`); ``scan="autograd"`` calls this module once per second and
+lets autograd record every operation (the reference the manual scan is tested against; on CPU
+its N-token self-attention uses SDPA's math backend). With ``deferred_weight_grads=True`` the
+autograd scan computes the step's weight gradients once over all T steps after the recurrence
+(:mod:`avmaster.models.deferred`); on a quiet 2-core CPU it was no faster.
 
 Dropout is applied to the recurrence's inputs (all seconds at once) and to its output, not
 inside the T steps: per-step masks would dominate a CPU step (the RNG costs ~10-20 ns per
@@ -38,6 +40,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from avmaster.models.blocks import SAB, SingleKeyCAB
 from avmaster.models.deferred import deferred_linears, make_deferrable
+from avmaster.models.focus_scan import scan as manual_scan
 
 
 def small_attention(device: torch.device) -> contextlib.AbstractContextManager:
@@ -49,15 +52,17 @@ def small_attention(device: torch.device) -> contextlib.AbstractContextManager:
 class FocusStep(nn.Module):
     """One step of Eq. 2: ``cls^{k-1}, F^k -> cls^k`` (deterministic: no dropout inside).
 
-    ``deferred_weight_grads``: see :class:`FocusCapture`. ``update``: ``replace`` (the paper:
-    ``cls^k`` is the step's output) or ``gated`` (not in the paper: a leaky update
+    ``deferred_weight_grads``, ``scan``: see :class:`FocusCapture`. ``update``: ``replace`` (the
+    paper: ``cls^k`` is the step's output) or ``gated`` (not in the paper: a leaky update
     ``cls^k = cls^{k-1} + g * (step - cls^{k-1})`` with a learned per-channel rate
     ``g = sigmoid(gate)`` starting at 0.5, so the state can keep earlier seconds).
     """
 
     def __init__(self, dim: int, heads: int, ff_mult: int = 4, deferred_weight_grads: bool = False,
-                 update: str = "replace"):
+                 update: str = "replace", scan: str = "manual"):
         super().__init__()
+        self.heads = heads
+        self.scan_impl = scan
         self.sab1 = SAB(dim, heads, ff_mult)
         self.sab2 = SAB(dim, heads, ff_mult)
         self.cab = SingleKeyCAB(dim, ff_mult)
@@ -77,6 +82,8 @@ class FocusStep(nn.Module):
 
         Returns the final templates ``[B, N, D]`` and the focus map ``[B, N, T]``.
         """
+        if self.scan_impl == "manual":
+            return manual_scan(x, self.cab.project(x), cls, bias, self.gate, self, self.heads)
         frames = x.unsqueeze(2).unbind(dim=1)
         frame_attn = self.cab.project(x).unsqueeze(2).unbind(dim=1)
         states = [cls.detach()]
@@ -110,9 +117,11 @@ class FocusCapture(nn.Module):
     (default); ``bias`` = a step each, one shared bias; ``both`` / ``none`` accordingly. The
     initial templates are always per modality.
 
-    ``deferred_weight_grads`` (speed only, same math): the focus step's weight gradients are
-    computed in one GEMM per weight over all T seconds after the recurrence instead of one
-    small GEMM per second; ``False`` (default) is plain autograd, the reference implementation.
+    ``scan`` (speed only, same math): ``manual`` (default) = :mod:`avmaster.models.focus_scan`,
+    ``autograd`` = this step called T times under autograd, the reference implementation.
+    ``deferred_weight_grads`` (speed only, ``scan="autograd"`` only): the focus step's weight
+    gradients in one GEMM per weight over all T seconds after the recurrence instead of one
+    small GEMM per second.
     ``update``: see :class:`FocusStep` (``replace``, the paper's, by default).
     """
 
@@ -127,13 +136,15 @@ class FocusCapture(nn.Module):
         share_bias: bool = False,
         deferred_weight_grads: bool = False,
         update: str = "replace",
+        scan: str = "manual",
     ):
         super().__init__()
         self.templates = nn.Parameter(torch.randn(2, template_len, dim))  # audio, visual
         self.bias = nn.Parameter(0.02 * torch.randn(1 if share_bias else 2, template_len, dim))
         n_steps = 1 if share_attention else 2
         self.steps = nn.ModuleList(
-            FocusStep(dim, heads, ff_mult, deferred_weight_grads, update) for _ in range(n_steps)
+            FocusStep(dim, heads, ff_mult, deferred_weight_grads, update, scan)
+            for _ in range(n_steps)
         )
         self.drop = nn.Dropout(dropout)
 

@@ -26,13 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avmaster.models.blocks import SAB, masked_max
+from avmaster.models.blocks import SAB, cpu_attention_backend, masked_max
 
 
 def align(templates: Tensor, seq: Tensor) -> Tensor:
     """For each ``seq [B, S, D]`` position, the softmax(dot)-weighted sum of ``templates
     [B, N, D]`` -> ``[B, S, D]``."""
-    return F.scaled_dot_product_attention(seq, templates, templates)
+    with cpu_attention_backend(seq):
+        return F.scaled_dot_product_attention(seq, templates, templates)
 
 
 class KeyFusion(nn.Module):
