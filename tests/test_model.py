@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from pathlib import Path
@@ -400,6 +401,31 @@ def test_occlusion_matches_one_second_at_a_time_and_ignores_unseen_inputs():
         assert drop.abs().max() < 1e-6  # batch-size rounding only
 
 
+def test_cpu_attention_backend_matches_the_default_kernel_under_bf16(monkeypatch) -> None:
+    """Under bf16 on CPU, attention over several queries uses SDPA's math backend (faster
+    there); outputs and input gradients agree with the default kernel to bf16 precision."""
+    from avmaster.models import blocks
+
+    torch.manual_seed(0)
+    attn = blocks.Attention(64, 4)
+    x = torch.randn(2, 12, 64)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 8:] = False
+    results = []
+    for backend in (blocks.cpu_attention_backend, lambda q: contextlib.nullcontext()):
+        monkeypatch.setattr(blocks, "cpu_attention_backend", backend)
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", torch.bfloat16):
+            out = attn(xi, mask=mask)
+        out.float().square().sum().backward()
+        results.append((out.float(), xi.grad))
+    monkeypatch.undo()
+    assert not isinstance(blocks.cpu_attention_backend(x.bfloat16()), contextlib.nullcontext)
+    assert isinstance(blocks.cpu_attention_backend(x), contextlib.nullcontext)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.05 * b.abs().max().item())
+
+
 # -- deferred weight gradients of the focus recurrence -----------------------------------------
 
 
@@ -464,14 +490,14 @@ def _with_scan(model: AVMaster, scan: str) -> AVMaster:
 
 
 @pytest.mark.parametrize(("share", "update", "flush_rows"),
-                         [("attention", "replace", 20), ("none", "gated", 20),
+                         [("attention", "replace", 40), ("none", "gated", 40),
                           ("bias", "replace", 1024)])
 def test_manual_focus_scan_equals_plain_autograd(share: str, update: str, flush_rows: int,
                                                  monkeypatch) -> None:
     """Outputs, focus maps and every parameter's gradient equal the step-by-step autograd
     reference in float32, also with the weight gradients reduced in chunks of 2-3 seconds (the
     last one partial); without gradients the forward pass gives the same outputs."""
-    monkeypatch.setattr(focus_scan, "FLUSH_ROWS", flush_rows)
+    monkeypatch.setattr(focus_scan, "CHUNK_ROWS", flush_rows)
     batch = make_batch(seed=6)
     model, loss_cfg = build(share=share, focus_update=update)
     assert all(step.scan_impl == "manual" for step in model.focus.steps)

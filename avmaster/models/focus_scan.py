@@ -9,7 +9,7 @@ optional gated update). What changes is how it runs:
   per-call overhead on a CPU costs about as much as the matrix products);
 - weights are cast once per call; each linear layer writes its inputs into one ``[T, ...]``
   buffer and its output gradients into a chunk buffer, and its weight gradient is one GEMM per
-  :data:`~avmaster.models.deferred.FLUSH_ROWS` rows of seconds (not one small GEMM per second);
+  :data:`CHUNK_ROWS` rows of seconds (not one small GEMM per second);
 - the N x N attention (N ~ 8 templates) runs in float32 on keys-first scores, which on a CPU is
   faster than low-precision batched products of that size and a softmax over a last dim of 8.
 
@@ -29,9 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avmaster.models.deferred import FLUSH_ROWS
-
 FP32 = torch.float32
+CHUNK_ROWS = 2048
+"""Rows (seconds x M x N) whose weight gradients are reduced in one GEMM, for a 2-byte compute
+dtype (half as many in float32): a bf16 chunk's sum is added to the float32 gradient at ~1 ns
+per element on a CPU, so chunks should be few; their output-gradient buffers (~30 MB at dim 512)
+should stay small."""
 LINEARS = ("sab1.attn.to_qkv", "sab1.attn.to_out", "sab1.ff.net.0", "sab1.ff.net.3",
            "sab2.attn.to_qkv", "sab2.attn.to_out", "sab2.ff.net.0", "sab2.ff.net.3",
            "cab.ff.net.0", "cab.ff.net.3")
@@ -245,7 +248,8 @@ class _Scan(torch.autograd.Function):
         ctx.saved = ctx.lin = None
         x_dtype, attn_dtype, bias_shape, gate = ctx.meta
         steps, rows = len(saved), grad.shape[0] * grad.shape[1]
-        chunk = min(steps, math.ceil(FLUSH_ROWS / rows))
+        rows_per_chunk = CHUNK_ROWS * 2 // lin[0].x.element_size()
+        chunk = min(steps, math.ceil(rows_per_chunk / rows))
         for layer in lin:
             layer.g = layer.x.new_empty(chunk, *grad.shape[:2], layer.w.shape[0])
         acc = [torch.zeros_like(t, dtype=FP32) for t in norms]
