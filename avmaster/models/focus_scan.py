@@ -31,10 +31,13 @@ from torch import Tensor, nn
 
 FP32 = torch.float32
 CHUNK_ROWS = 2048
-"""Rows (seconds x M x N) whose weight gradients are reduced in one GEMM, for a 2-byte compute
-dtype (half as many in float32): a bf16 chunk's sum is added to the float32 gradient at ~1 ns
-per element on a CPU, so chunks should be few; their output-gradient buffers (~30 MB at dim 512)
-should stay small."""
+"""Rows (seconds x M x N) whose weight gradients are reduced in one GEMM when the compute dtype
+is bf16/fp16: each chunk's low-precision result is added to the float32 gradient (~1 ns per
+element on a CPU), so chunks should be few; the chunk's output-gradient buffers take ~30 MB at
+dim 512."""
+CHUNK_ROWS_FP32 = 512
+"""The same in float32, where the sum accumulates in place (``addmm``): small chunks keep the
+buffers small (15 MB at dim 512) at little cost in GEMM speed."""
 LINEARS = ("sab1.attn.to_qkv", "sab1.attn.to_out", "sab1.ff.net.0", "sab1.ff.net.3",
            "sab2.attn.to_qkv", "sab2.attn.to_out", "sab2.ff.net.0", "sab2.ff.net.3",
            "cab.ff.net.0", "cab.ff.net.3")
@@ -248,8 +251,8 @@ class _Scan(torch.autograd.Function):
         ctx.saved = ctx.lin = None
         x_dtype, attn_dtype, bias_shape, gate = ctx.meta
         steps, rows = len(saved), grad.shape[0] * grad.shape[1]
-        rows_per_chunk = CHUNK_ROWS * 2 // lin[0].x.element_size()
-        chunk = min(steps, math.ceil(rows_per_chunk / rows))
+        per_chunk = CHUNK_ROWS_FP32 if lin[0].x.dtype == FP32 else CHUNK_ROWS
+        chunk = min(steps, math.ceil(per_chunk / rows))
         for layer in lin:
             layer.g = layer.x.new_empty(chunk, *grad.shape[:2], layer.w.shape[0])
         acc = [torch.zeros_like(t, dtype=FP32) for t in norms]
