@@ -49,6 +49,9 @@ for b in "${batches[@]}"; do
     run 150 "$PYTHON" tools/bench_train.py --device "$device" --precision "$precision" \
         --batch "$b" --seconds "$seconds" "${dim[@]}" "${steps[@]}"
 done
+run 120 "$PYTHON" tools/bench_train.py --device "$device" --precision "$precision" \
+    --batch "${batches[-1]}" --seconds "$seconds" "${dim[@]}" "${steps[@]}" \
+    --set focus_scan=autograd
 run 240 "$PYTHON" tools/bench_train.py --device "$device" --precision "$precision" \
     --batch "${batches[-1]}" --seconds "$seconds" "${dim[@]}" "${steps[@]}" --compile
 run 120 "$PYTHON" tools/bench_loader.py --batch "${batches[-1]}" --seconds "$seconds" \
