@@ -23,6 +23,7 @@ from avmaster.data.segments import segment_seconds
 from avmaster.extract.decoded import Problem
 from avmaster.lightning_module import TOP_K, AVMasterModule
 from avmaster.models.avmaster import AVMasterOutput
+from avmaster.models.combine import top_answers
 from avmaster.training import CKPT_KEY
 
 
@@ -126,8 +127,8 @@ class Predictor:
         probs = out.probs()[0].float().cpu()
         timings["model"] = time.perf_counter() - t0
         names = list(options) if options else self.answers
-        top = probs.topk(min(TOP_K, probs.numel()))
-        ranked = [(names[i], float(p)) for i, p in zip(top.indices.tolist(), top.values.tolist(),
+        values, indices = top_answers(probs, min(TOP_K, probs.numel()))
+        ranked = [(names[i], float(p)) for i, p in zip(indices.tolist(), values.tolist(),
                                                         strict=True)]
         paths = {name: torch.softmax(logits[0].float(), -1).cpu().tolist()
                  for name, logits in (("multimodal", out.logits), ("audio", out.audio_logits),

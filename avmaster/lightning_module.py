@@ -23,6 +23,7 @@ from avmaster.data.vocab import NO_LABEL
 from avmaster.losses import AVMasterLoss
 from avmaster.metrics import GroupedAccuracy
 from avmaster.models.avmaster import AVMaster, AVMasterOutput, as_dims
+from avmaster.models.combine import top_answers
 from avmaster.models.config import (
     FeatureDims,
     InferenceConfig,
@@ -205,9 +206,8 @@ class AVMasterModule(L.LightningModule):
         ``index``, ``label`` and ``group``."""
         out = self(batch)
         probs = out.probs(self.inference)
-        top = probs.topk(min(TOP_K, probs.shape[-1]), dim=-1)
-        result = {"pred": probs.argmax(dim=-1), TOP_KEY: top.indices,
-                  f"{TOP_KEY}_prob": top.values}
+        values, indices = top_answers(probs, min(TOP_K, probs.shape[-1]))
+        result = {"pred": indices[:, 0], TOP_KEY: indices, f"{TOP_KEY}_prob": values}
         result.update({f"{PATH_PREFIX}{k}": v for k, v in out.path_probs().items()})
         result.update({k: batch[k] for k in ("index", "label", "group") if k in batch})
         return result

@@ -22,7 +22,7 @@ from avmaster.config import (
 )
 from avmaster.losses import AVMasterLoss
 from avmaster.models import AVMaster, InferenceConfig
-from avmaster.models.combine import combine
+from avmaster.models.combine import combine, top_answers
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -199,6 +199,19 @@ def test_combination_rules() -> None:
         combine({"tdpp": probs["tdpp"]}, InferenceConfig(drop=["tdpp"]))
     with pytest.raises(ValueError, match="unknown path 'video'"):
         InferenceConfig(drop=["video"])
+
+
+def test_top_answers_break_ties_as_argmax_does() -> None:
+    """Equal probabilities (common under bf16) are ranked in index order, so the first answer
+    of a predictions file is the answer the accuracy counted (``argmax``)."""
+    probs = torch.tensor([[0.1, 0.3, 0.3, 0.3], [0.4, 0.1, 0.4, 0.1]])
+    for _ in range(20):  # a random permutation of the answers keeps the rule
+        perm = torch.randperm(4)
+        values, indices = top_answers(probs[:, perm], 3)
+        assert torch.equal(indices[:, 0], probs[:, perm].argmax(dim=-1))
+        assert (values.diff(dim=-1) <= 0).all()
+    values, indices = top_answers(probs, 3)
+    assert indices.tolist() == [[1, 2, 3], [0, 2, 1]]
 
 
 def test_readout_after_step_k_equals_the_recurrence_over_k_plus_one_seconds() -> None:

@@ -23,6 +23,14 @@ from avmaster.models.config import InferenceConfig
 TINY = 1e-12  # floor of a probability before its log (MUL)
 
 
+def top_answers(probs: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` most probable answers of ``probs [..., C]``: ``(values, indices)``, ties in
+    index order, so the first is always ``argmax`` (``topk`` leaves the order of ties open,
+    which under bf16, where equal probabilities are common, can name another answer)."""
+    values, indices = probs.sort(dim=-1, descending=True, stable=True)
+    return values[..., :k], indices[..., :k]
+
+
 def combine(probs: Mapping[str, Tensor], cfg: InferenceConfig | None = None) -> Tensor:
     """``probs``: ``{path: [B, C] softmax}`` -> ``[B, C]`` under ``cfg`` (drop, rule, weights).
 
