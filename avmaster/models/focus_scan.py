@@ -63,18 +63,41 @@ class _Ctx:
 class _Linear:
     """One linear layer of the step: its weight cast once, its input at every second (``x [T or
     1, M, N, in]``, written in place by the step) and, in the backward pass, its output gradient
-    for a chunk of seconds (``g [S, M, N, out]``), reduced into the weight gradient per chunk."""
+    for a chunk of seconds (``g [S, M, N, out]``), reduced into the weight gradient per chunk.
+
+    On CPU the weight is also handed to oneDNN in its packed layout once per call
+    (:func:`_pack`): a matrix product of the step's size (128 rows at batch 8) then runs 1.5-2x
+    faster in bf16 and 5-10 % in float32 than ``F.linear``, which repacks it at every call."""
 
     def __init__(self, weight: Tensor, bias: Tensor, dtype: torch.dtype, slots: int,
                  rows: tuple[int, int]):
         self.w, self.b = weight.to(dtype), bias.to(dtype)
+        self.rows = rows[0] * rows[1]
         self.x = weight.new_empty(slots, *rows, weight.shape[1], dtype=dtype)
+        self.packed = _pack(self.w, self.rows)
+        self.packed_t: Tensor | None = None
         self.g: Tensor | None = None
         self.grad_w: Tensor | None = None
         self.grad_b: Tensor | None = None
 
     def __call__(self, k: int) -> Tensor:
-        return F.linear(self.x[k], self.w, self.b)
+        """The layer's output at slot ``k`` of its input buffer."""
+        x = self.x[k]
+        if self.packed is None:
+            return F.linear(x, self.w, self.b)
+        out = torch.ops.mkldnn._linear_pointwise(x.view(-1, x.shape[-1]), self.packed, self.b,
+                                                 "none", [], "")
+        return out.view(*x.shape[:-1], -1)
+
+    def input_grad(self, g: Tensor) -> Tensor:
+        """``g @ W`` for an output gradient ``g [..., out]`` in the compute dtype."""
+        g2 = g.reshape(-1, g.shape[-1])
+        if self.packed is None:
+            return torch.mm(g2, self.w).view(*g.shape[:-1], -1)
+        if self.packed_t is None:
+            self.packed_t = _pack(self.w.t().contiguous(), self.rows)
+        out = torch.ops.mkldnn._linear_pointwise(g2, self.packed_t, None, "none", [], "")
+        return out.view(*g.shape[:-1], -1)
 
     def flush(self, t0: int, t1: int) -> None:
         """Add ``sum_k g_k^T x_k`` over seconds ``t0 <= k < t1`` (chunk slots ``0..t1-t0-1``)."""
@@ -96,12 +119,15 @@ def _fp32(t: Tensor) -> Tensor:
     return torch.empty(t.shape, dtype=FP32, device=t.device).copy_(t)
 
 
-def _add_mm(g: Tensor, a: Tensor, w: Tensor) -> Tensor:
-    """``g + a @ w`` for ``g [..., D]`` float32 and ``a [..., K]`` in the compute dtype."""
-    a2 = a.reshape(-1, a.shape[-1])
-    if a.dtype == g.dtype:
-        return torch.addmm(g.reshape(-1, g.shape[-1]), a2, w).view(g.shape)
-    return g + torch.mm(a2, w).view(g.shape)
+def _pack(weight: Tensor, rows: int) -> Tensor | None:
+    """``weight [out, in]`` in oneDNN's packed layout for ``rows``-row products, or ``None``
+    where that is not available (not a CPU, a build without oneDNN), which means ``F.linear``."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+    except (AttributeError, RuntimeError):  # an op this build of PyTorch does not have
+        return None
 
 
 def _ln(x: Tensor, w: Tensor, b: Tensor, eps: float, saved: list | None) -> Tensor:
@@ -133,9 +159,8 @@ def _ffn(x: Tensor, l1: _Linear, l2: _Linear, k: int, saved: list | None) -> Ten
 
 def _ffn_backward(g: Tensor, f1: Tensor, l1: _Linear, l2: _Linear, s: int) -> Tensor:
     l2.g[s].copy_(g)
-    gu = torch.mm(l2.g[s].view(-1, g.shape[-1]), l2.w).view(f1.shape)
-    torch.ops.aten.gelu_backward.grad_input(gu, f1, grad_input=l1.g[s])
-    return _add_mm(g, l1.g[s], l1.w)
+    torch.ops.aten.gelu_backward.grad_input(l2.input_grad(l2.g[s]), f1, grad_input=l1.g[s])
+    return g + l1.input_grad(l1.g[s])
 
 
 def _attention(x: Tensor, qkv_l: _Linear, out_l: _Linear, k: int, c: _Ctx, saved: list | None
@@ -162,7 +187,7 @@ def _attention_backward(g: Tensor, saved: tuple, qkv_l: _Linear, out_l: _Linear,
     m, n, d = g.shape
     h = c.heads
     out_l.g[s].copy_(g)
-    go = torch.mm(out_l.g[s].view(-1, d), out_l.w).view(m, n, h, d // h).transpose(1, 2)
+    go = out_l.input_grad(out_l.g[s]).view(m, n, h, d // h).transpose(1, 2)
     go = _fp32(go).view(m * h, n, d // h)
     q, key, v = qkv.unbind(0)
     g3 = torch.empty_like(qkv)
@@ -172,7 +197,7 @@ def _attention_backward(g: Tensor, saved: tuple, qkv_l: _Linear, out_l: _Linear,
     torch.bmm(gs_t.transpose(1, 2), key, out=g3[0])
     torch.bmm(gs_t, q, out=g3[1])
     qkv_l.g[s].view(m, n, 3, h, d // h).permute(2, 0, 3, 1, 4).copy_(g3.view(3, m, h, n, -1))
-    return _add_mm(g, qkv_l.g[s], qkv_l.w)
+    return g + qkv_l.input_grad(qkv_l.g[s])
 
 
 def _sab(x: Tensor, lin: list[_Linear], norms: list[Tensor], k: int, c: _Ctx,
