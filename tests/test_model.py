@@ -401,6 +401,29 @@ def test_occlusion_matches_one_second_at_a_time_and_ignores_unseen_inputs():
         assert drop.abs().max() < 1e-6  # batch-size rounding only
 
 
+def test_dropout_keeps_each_element_with_probability_1_minus_p() -> None:
+    """The CPU dropout mask: keep rate 1 - p (within 5 standard errors over 2M elements), kept
+    values scaled by 1 / (1 - p), the gradient is the same mask, a seed repeats it; identity in
+    eval mode and for p = 0, zeros for p = 1, dtype kept."""
+    from avmaster.models.blocks import Dropout
+
+    n, p = 2_000_000, 0.1
+    x = torch.ones(n, requires_grad=True)
+    torch.manual_seed(0)
+    y = Dropout(p)(x)
+    kept = (y != 0).double().mean().item()
+    assert abs(kept - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())
+    torch.manual_seed(0)
+    torch.testing.assert_close(Dropout(p)(x.detach()), y.detach())
+    assert Dropout(p)(x.detach().bfloat16()).dtype == torch.bfloat16
+    assert torch.equal(Dropout(p).eval()(x), x)
+    assert torch.equal(Dropout(0.0)(x), x)
+    assert not Dropout(1.0)(x).any()
+
+
 def test_cpu_attention_backend_matches_the_default_kernel_under_bf16(monkeypatch) -> None:
     """Under bf16 on CPU, attention over several queries uses SDPA's math backend (faster
     there); outputs and input gradients agree with the default kernel to bf16 precision."""
@@ -439,7 +462,7 @@ def _outputs_and_grads(model: AVMaster, loss_cfg: LossConfig, batch, precision: 
     if retain:
         loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
-    return [t.float() for t in output_tensors(out)], grads
+    return [t.to(torch.promote_types(t.dtype, torch.float32)) for t in output_tensors(out)], grads
 
 
 @pytest.mark.parametrize(("share", "flush_rows"), [("attention", 20), ("none", 1024)])
@@ -518,6 +541,23 @@ def test_manual_focus_scan_equals_plain_autograd(share: str, update: str, flush_
         for a, b in zip(outputs_of(model.eval(), batch), outputs_of(reference.eval(), batch),
                         strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_manual_focus_scan_equals_autograd_in_float64() -> None:
+    """In float64 the two implementations agree to 1e-10: the same math, not just close."""
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in make_batch(seed=8).items()}
+    model, loss_cfg = build(focus_update="gated")
+    model = model.double()
+    out, grads = _outputs_and_grads(model.train(), loss_cfg, batch)
+    ref_out, ref_grads = _outputs_and_grads(_with_scan(model, "autograd").train(), loss_cfg,
+                                            batch)
+    assert out[0].dtype == torch.float64  # the logits (focus maps are float32 in both)
+    assert all(g.dtype == torch.float64 for g in grads.values())
+    for a, b in zip(out, ref_out, strict=True):
+        tol = 1e-10 if a.dtype == torch.float64 else 1e-6  # maps: float32 from float64 norms
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * 1e-2)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_manual_focus_scan_under_bf16_autocast_is_as_accurate_as_autograd(monkeypatch) -> None:

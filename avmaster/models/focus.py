@@ -38,7 +38,7 @@ from einops import repeat
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from avmaster.models.blocks import SAB, SingleKeyCAB
+from avmaster.models.blocks import SAB, Dropout, SingleKeyCAB
 from avmaster.models.deferred import deferred_linears, make_deferrable
 from avmaster.models.focus_scan import scan as manual_scan
 
@@ -146,7 +146,7 @@ class FocusCapture(nn.Module):
             FocusStep(dim, heads, ff_mult, deferred_weight_grads, update, scan)
             for _ in range(n_steps)
         )
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, audio: Tensor, visual: Tensor, steps: int | None = None) -> FocusOutput:
         """``audio, visual [B, T, D]`` (projected) -> :class:`FocusOutput`; ``steps``: stop

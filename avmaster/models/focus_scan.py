@@ -13,7 +13,8 @@ optional gated update). What changes is how it runs:
 - the N x N attention (N ~ 8 templates) runs in float32 on keys-first scores, which on a CPU is
   faster than low-precision batched products of that size and a softmax over a last dim of 8.
 
-Precision follows autocast's rules when autocast is on: matrix products of the linear layers in
+Without autocast everything runs in the parameters' dtype. Under autocast precision follows its
+rules: matrix products of the linear layers in
 the autocast dtype; LayerNorm, residual sums and the state in float32; the attention core in
 float32 (SDPA under autocast runs it in the low precision, so this is slightly more accurate).
 Tested equal to the autograd reference in float32 and as accurate under bf16
@@ -29,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FP32 = torch.float32
 CHUNK_ROWS = 2048
 """Rows (seconds x M x N) whose weight gradients are reduced in one GEMM when the compute dtype
 is bf16/fp16: each chunk's low-precision result is added to the float32 gradient (~1 ns per
@@ -53,11 +53,14 @@ def step_parameters(step: nn.Module) -> list[Tensor]:
 
 @dataclass
 class _Ctx:
-    """Compute dtype of the matrix products, attention heads, LayerNorm eps."""
+    """Dtype of the linear layers' products, attention heads, LayerNorm eps, and ``acc``: the
+    parameters' dtype (float32 unless the model was cast), which the state, the sums, the
+    gradients and the attention core use."""
 
     dtype: torch.dtype
     heads: int
     eps: float
+    acc: torch.dtype = torch.float32
 
 
 class _Linear:
@@ -71,7 +74,7 @@ class _Linear:
 
     def __init__(self, weight: Tensor, bias: Tensor, dtype: torch.dtype, slots: int,
                  rows: tuple[int, int]):
-        self.w, self.b = weight.to(dtype), bias.to(dtype)
+        self.w, self.b, self.acc = weight.to(dtype), bias.to(dtype), weight.dtype
         self.rows = rows[0] * rows[1]
         self.x = weight.new_empty(slots, *rows, weight.shape[1], dtype=dtype)
         self.packed = _pack(self.w, self.rows)
@@ -103,10 +106,10 @@ class _Linear:
         """Add ``sum_k g_k^T x_k`` over seconds ``t0 <= k < t1`` (chunk slots ``0..t1-t0-1``)."""
         g = self.g[: t1 - t0].flatten(0, -2)
         x = self.x[t0:t1].flatten(0, -2)
-        grad_b = g.sum(dim=0).float()  # a low-precision sum accumulates in float32 inside
+        grad_b = g.sum(dim=0).to(self.acc)  # a bf16 sum accumulates in float32 inside
         if self.grad_w is None:
-            self.grad_w, self.grad_b = torch.mm(g.t(), x).float(), grad_b
-        elif g.dtype == FP32:
+            self.grad_w, self.grad_b = torch.mm(g.t(), x).to(self.acc), grad_b
+        elif g.dtype == self.acc:
             self.grad_w = torch.addmm(self.grad_w, g.t(), x)
             self.grad_b += grad_b
         else:
@@ -114,9 +117,9 @@ class _Linear:
             self.grad_b += grad_b
 
 
-def _fp32(t: Tensor) -> Tensor:
-    """A contiguous float32 copy of ``t`` (cast and layout in one copy)."""
-    return torch.empty(t.shape, dtype=FP32, device=t.device).copy_(t)
+def _dense(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """A contiguous copy of ``t`` in ``dtype`` (cast and layout in one copy)."""
+    return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t)
 
 
 def _pack(weight: Tensor, rows: int) -> Tensor | None:
@@ -171,7 +174,7 @@ def _attention(x: Tensor, qkv_l: _Linear, out_l: _Linear, k: int, c: _Ctx, saved
     h = c.heads
     qkv_l.x[k].copy_(x)
     qkv = qkv_l(k).view(m, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
-    qkv = _fp32(qkv).view(3, m * h, n, d // h)
+    qkv = _dense(qkv, c.acc).view(3, m * h, n, d // h)
     q, key, v = qkv.unbind(0)
     attn_t = torch.softmax(torch.bmm(key, q.transpose(1, 2)).mul_((d // h) ** -0.5), dim=1)
     o = torch.bmm(attn_t.transpose(1, 2), v)
@@ -188,11 +191,11 @@ def _attention_backward(g: Tensor, saved: tuple, qkv_l: _Linear, out_l: _Linear,
     h = c.heads
     out_l.g[s].copy_(g)
     go = out_l.input_grad(out_l.g[s]).view(m, n, h, d // h).transpose(1, 2)
-    go = _fp32(go).view(m * h, n, d // h)
+    go = _dense(go, c.acc).view(m * h, n, d // h)
     q, key, v = qkv.unbind(0)
     g3 = torch.empty_like(qkv)
     torch.bmm(attn_t, go, out=g3[2])
-    gs_t = torch._softmax_backward_data(torch.bmm(v, go.transpose(1, 2)), attn_t, 1, FP32)
+    gs_t = torch._softmax_backward_data(torch.bmm(v, go.transpose(1, 2)), attn_t, 1, c.acc)
     gs_t.mul_((d // h) ** -0.5)
     torch.bmm(gs_t.transpose(1, 2), key, out=g3[0])
     torch.bmm(gs_t, q, out=g3[1])
@@ -244,15 +247,16 @@ def _forward(x: Tensor, attn: Tensor, cls: Tensor, bias: Tensor, gate: Tensor | 
     lin = [_Linear(w, b, c.dtype, slots, cls.shape[:2]) for w, b in pairs]
     norms = list(params[2 * len(LINEARS):])
     rate = None if gate is None else torch.sigmoid(gate)
-    states = [cls]
+    moves = []  # ||cls^k - cls^{k-1}|| per step (not the stacked states: 16 MB at batch 8)
     for k in range(steps):
         step_saved = None if saved is None else []
-        cls = _step(cls, x[:, k : k + 1], attn[:, k : k + 1], bias, rate, lin, norms,
+        new = _step(cls, x[:, k : k + 1], attn[:, k : k + 1], bias, rate, lin, norms,
                     k if saved is not None else 0, c, step_saved)
         if saved is not None:
             saved.append(step_saved)
-        states.append(cls)
-    moves = torch.stack(states, dim=-2).float().diff(dim=-2).norm(dim=-1)
+        moves.append(torch.linalg.vector_norm(new - cls, dim=-1))
+        cls = new
+    moves = torch.stack(moves, dim=-1).float()  # maps are float32, as the autograd scan's
     focus = moves / moves.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(moves.dtype).tiny)
     return cls, focus, lin
 
@@ -276,16 +280,16 @@ class _Scan(torch.autograd.Function):
         ctx.saved = ctx.lin = None
         x_dtype, attn_dtype, bias_shape, gate = ctx.meta
         steps, rows = len(saved), grad.shape[0] * grad.shape[1]
-        per_chunk = CHUNK_ROWS_FP32 if lin[0].x.dtype == FP32 else CHUNK_ROWS
+        per_chunk = CHUNK_ROWS_FP32 if lin[0].x.element_size() >= 4 else CHUNK_ROWS
         chunk = min(steps, math.ceil(per_chunk / rows))
         for layer in lin:
             layer.g = layer.x.new_empty(chunk, *grad.shape[:2], layer.w.shape[0])
-        acc = [torch.zeros_like(t, dtype=FP32) for t in norms]
-        g_bias = torch.zeros_like(grad, dtype=FP32)
-        g_rate = None if gate is None else torch.zeros_like(gate, dtype=FP32)
+        acc = [torch.zeros_like(t, dtype=c.acc) for t in norms]
+        g_bias = torch.zeros_like(grad, dtype=c.acc)
+        g_rate = None if gate is None else torch.zeros_like(gate, dtype=c.acc)
         rate = None if gate is None else torch.sigmoid(gate)
         g_frames, g_attns = [], []
-        g = grad.float()
+        g = grad.to(c.acc)
         with torch.autocast(grad.device.type, enabled=False):
             for k in reversed(range(steps)):
                 s, step_saved = k % chunk, saved.pop()
@@ -321,13 +325,14 @@ def scan(x: Tensor, attn: Tensor, cls: Tensor, bias: Tensor, gate: Tensor | None
          step: nn.Module, heads: int) -> tuple[Tensor, Tensor]:
     """Run Eq. 2 over ``x [M, T, D]`` (projected seconds; ``attn [M, T, D]``, their
     ``cab.project``) from ``cls [M, N, D]`` with ``bias [M or 1, N, D]``: the final templates
-    ``[M, N, D]`` (float32) and the focus map ``[M, N, T]``; ``gate``: the gated update's
-    parameter or ``None``. ``step``: the :class:`~avmaster.models.focus.FocusStep`."""
+    ``[M, N, D]`` (in the parameters' dtype) and the focus map ``[M, N, T]``; ``gate``: the
+    gated update's parameter or ``None``; ``step``: the :class:`~.focus.FocusStep`."""
     device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else FP32
-    c = _Ctx(dtype, heads, step.sab1.norm1.eps)
     params = step_parameters(step)
-    cls = cls.float()
+    acc = params[0].dtype
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else acc
+    c = _Ctx(dtype, heads, step.sab1.norm1.eps, acc)
+    cls = cls.to(acc)
     if torch.is_grad_enabled():
         return _Scan.apply(x, attn, cls, bias, gate, c, *params)
     with torch.autocast(device, enabled=False):
