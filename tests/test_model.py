@@ -317,12 +317,14 @@ def test_lightning_fit_test_predict_and_checkpoint_round_trip(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_compiled_blocks_match_eager_and_keep_parameter_names() -> None:
+@pytest.mark.parametrize("scan", ["manual", "autograd"])
+def test_compiled_blocks_match_eager_and_keep_parameter_names(scan: str) -> None:
     """``compile=true`` (regional ``torch.compile``) changes neither the math nor the state dict
-    keys, so checkpoints move between compiled and eager models. ``aot_eager`` traces forward
-    and backward like inductor does without needing a C++ toolchain in the tests."""
-    eager, _ = build()
-    compiled, _ = build()
+    keys, so checkpoints move between compiled and eager models, with either focus scan (the
+    autograd one compiles the focus step too). ``aot_eager`` traces forward and backward like
+    inductor does without needing a C++ toolchain in the tests."""
+    eager, _ = build(focus_scan=scan)
+    compiled, _ = build(focus_scan=scan)
     compiled.compile_blocks(backend="aot_eager")
     assert list(compiled.state_dict()) == list(eager.state_dict())
     batch = make_batch()
@@ -512,15 +514,18 @@ def _with_scan(model: AVMaster, scan: str) -> AVMaster:
     return model
 
 
-@pytest.mark.parametrize(("share", "update", "flush_rows"),
-                         [("attention", "replace", 20), ("none", "gated", 20),
-                          ("bias", "replace", 1024)])
+@pytest.mark.parametrize(("share", "update", "flush_rows", "packed"),
+                         [("attention", "replace", 20, True), ("none", "gated", 20, True),
+                          ("bias", "replace", 1024, True), ("attention", "gated", 20, False)])
 def test_manual_focus_scan_equals_plain_autograd(share: str, update: str, flush_rows: int,
-                                                 monkeypatch) -> None:
+                                                 packed: bool, monkeypatch) -> None:
     """Outputs, focus maps and every parameter's gradient equal the step-by-step autograd
     reference in float32, also with the weight gradients reduced in chunks of 2-3 seconds (the
-    last one partial); without gradients the forward pass gives the same outputs."""
+    last one partial) and with ``F.linear`` instead of oneDNN's packed weights (other devices);
+    without gradients the forward pass gives the same outputs."""
     monkeypatch.setattr(focus_scan, "CHUNK_ROWS_FP32", flush_rows)
+    if not packed:
+        monkeypatch.setattr(focus_scan, "_pack", lambda weight, rows: None)
     batch = make_batch(seed=6)
     model, loss_cfg = build(share=share, focus_update=update)
     assert all(step.scan_impl == "manual" for step in model.focus.steps)

@@ -327,9 +327,12 @@ class AVMaster(nn.Module):
         return self.focus(audio, visual, steps=steps)
 
     def compile_blocks(self, **kwargs: Any) -> None:
-        """``torch.compile`` each block in place (regional compilation): the focus step is
-        compiled once and reused for all T seconds instead of unrolling the recurrence."""
-        steps = self.focus.steps if self.focus is not None else []
+        """``torch.compile`` each block in place (regional compilation). With
+        ``focus_scan=autograd`` the focus step is compiled once and reused for all T seconds
+        instead of unrolling the recurrence; the manual scan (the default) runs its own loop
+        and is not compiled."""
+        autograd_scan = self.focus is not None and self.cfg.focus_scan == "autograd"
+        steps = self.focus.steps if autograd_scan else []
         for block in (*steps, self.fusion, self.decoder, self.audio_pref, self.audio_decoder,
                       self.visual_pref, self.visual_decoder):
             if block is not None:
