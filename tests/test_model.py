@@ -548,6 +548,26 @@ def test_manual_focus_scan_equals_plain_autograd(share: str, update: str, flush_
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_manual_focus_scan_refuses_a_second_backward_with_the_fix() -> None:
+    """Its activations are freed in the first backward pass: a retained graph's second
+    backward names the setting that supports it; an expanded output gradient works."""
+    batch = make_batch(seed=9)
+    model, _ = build()
+    reference = _with_scan(model, "autograd")
+    torch.manual_seed(0)
+    weights = torch.randn(B, SMALL.template_len, SMALL.dim)
+    losses = []
+    for m in (model, reference):
+        out = m.train()(batch)  # visual: an expanded (stride-0) output gradient
+        losses.append((out.audio_focus * weights).sum() + out.visual_focus.sum())
+        losses[-1].backward(retain_graph=True)
+    for (name, p), q in zip(model.focus.named_parameters(), reference.focus.parameters(),
+                            strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    with pytest.raises(RuntimeError, match="focus_scan=autograd"):
+        losses[0].backward()
+
+
 def test_manual_focus_scan_equals_autograd_in_float64() -> None:
     """In float64 the two implementations agree to 1e-10: the same math, not just close."""
     batch = {k: v.double() if v.is_floating_point() else v for k, v in make_batch(seed=8).items()}

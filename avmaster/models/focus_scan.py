@@ -276,8 +276,12 @@ class _Scan(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor, _focus_grad: Tensor | None):  # type: ignore[override]
+        if ctx.saved is None:
+            raise RuntimeError(
+                "model.focus_scan=manual frees its activations in its first backward pass; "
+                "for retain_graph=True or gradients of gradients set model.focus_scan=autograd")
         c, lin, norms, saved = ctx.c, ctx.lin, ctx.norms, ctx.saved
-        ctx.saved = ctx.lin = None
+        ctx.saved = ctx.lin = None  # freed as it goes, as autograd frees a node's tensors
         x_dtype, attn_dtype, bias_shape, gate = ctx.meta
         steps, rows = len(saved), grad.shape[0] * grad.shape[1]
         per_chunk = CHUNK_ROWS_FP32 if lin[0].x.element_size() >= 4 else CHUNK_ROWS
