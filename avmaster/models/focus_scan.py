@@ -124,8 +124,10 @@ def _dense(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _pack(weight: Tensor, rows: int) -> Tensor | None:
     """``weight [out, in]`` in oneDNN's packed layout for ``rows``-row products, or ``None``
-    where that is not available (not a CPU, a build without oneDNN), which means ``F.linear``."""
-    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    where that is not available or not measured (not a CPU, neither float32 nor bf16, a build
+    without oneDNN), which means ``F.linear``."""
+    if (weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16)
+            or not torch.backends.mkldnn.is_available()):
         return None
     try:
         return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
