@@ -5,20 +5,20 @@ Same math as running :class:`~avmaster.models.focus.FocusStep` T times under aut
 optional gated update). What changes is how it runs:
 
 - one Python loop of plain tensor operations forward and one backward, instead of autograd
-  recording every operation of every second (~900 operator calls per second of video, whose
-  per-call overhead on a CPU costs about as much as the matrix products);
-- weights are cast once per call; each linear layer writes its inputs into one ``[T, ...]``
-  buffer and its output gradients into a chunk buffer, and its weight gradient is one GEMM per
-  :data:`CHUNK_ROWS` rows of seconds (not one small GEMM per second);
+  recording every operation of every second (~900 operator calls per second of video);
+- weights are cast once per call (and on CPU packed for oneDNN once, see :class:`_Linear`);
+  each linear layer writes its inputs into one ``[T, ...]`` buffer and its output gradients
+  into a chunk buffer, and its weight gradient is one GEMM per :data:`CHUNK_ROWS` rows of
+  seconds (not one small GEMM per second);
 - the N x N attention (N ~ 8 templates) runs in float32 on keys-first scores, which on a CPU is
   faster than low-precision batched products of that size and a softmax over a last dim of 8.
 
-Without autocast everything runs in the parameters' dtype. Under autocast precision follows its
-rules: matrix products of the linear layers in
-the autocast dtype; LayerNorm, residual sums and the state in float32; the attention core in
-float32 (SDPA under autocast runs it in the low precision, so this is slightly more accurate).
-Tested equal to the autograd reference in float32 and as accurate under bf16
-(``tests/test_model.py``).
+Without autocast everything runs in the parameters' dtype. Under autocast the linear layers'
+products run in the autocast dtype; LayerNorm, residual sums, the state and the attention core
+stay float32 (SDPA under autocast runs attention in the low precision, so this is slightly more
+accurate). ``tests/test_model.py`` checks it against the autograd scan: equal to 1e-10 in
+float64, to rounding in float32, as accurate under bf16. Activations are freed during the
+backward pass: one backward per forward (``focus_scan=autograd`` for more).
 """
 
 from __future__ import annotations
@@ -92,13 +92,17 @@ class _Linear:
                                                  "none", [], "")
         return out.view(*x.shape[:-1], -1)
 
+    def start_backward(self, chunk: int, rows: tuple[int, int]) -> None:
+        """Allocate the output-gradient chunk buffer and pack ``W^T`` (for :meth:`input_grad`)."""
+        self.g = self.x.new_empty(chunk, *rows, self.w.shape[0])
+        if self.packed is not None:
+            self.packed_t = _pack(self.w.t().contiguous(), self.rows)
+
     def input_grad(self, g: Tensor) -> Tensor:
         """``g @ W`` for an output gradient ``g [..., out]`` in the compute dtype."""
         g2 = g.reshape(-1, g.shape[-1])
-        if self.packed is None:
-            return torch.mm(g2, self.w).view(*g.shape[:-1], -1)
         if self.packed_t is None:
-            self.packed_t = _pack(self.w.t().contiguous(), self.rows)
+            return torch.mm(g2, self.w).view(*g.shape[:-1], -1)
         out = torch.ops.mkldnn._linear_pointwise(g2, self.packed_t, None, "none", [], "")
         return out.view(*g.shape[:-1], -1)
 
@@ -289,7 +293,7 @@ class _Scan(torch.autograd.Function):
         per_chunk = CHUNK_ROWS_FP32 if lin[0].x.element_size() >= 4 else CHUNK_ROWS
         chunk = min(steps, math.ceil(per_chunk / rows))
         for layer in lin:
-            layer.g = layer.x.new_empty(chunk, *grad.shape[:2], layer.w.shape[0])
+            layer.start_backward(chunk, grad.shape[:2])
         acc = [torch.zeros_like(t, dtype=c.acc) for t in norms]
         g_bias = torch.zeros_like(grad, dtype=c.acc)
         g_rate = None if gate is None else torch.zeros_like(gate, dtype=c.acc)
