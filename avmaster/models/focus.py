@@ -61,7 +61,6 @@ class FocusStep(nn.Module):
     def __init__(self, dim: int, heads: int, ff_mult: int = 4, deferred_weight_grads: bool = False,
                  update: str = "replace", scan: str = "manual"):
         super().__init__()
-        self.heads = heads
         self.scan_impl = scan
         self.sab1 = SAB(dim, heads, ff_mult)
         self.sab2 = SAB(dim, heads, ff_mult)
@@ -83,7 +82,7 @@ class FocusStep(nn.Module):
         Returns the final templates ``[B, N, D]`` and the focus map ``[B, N, T]``.
         """
         if self.scan_impl == "manual":
-            return manual_scan(x, self.cab.project(x), cls, bias, self.gate, self, self.heads)
+            return manual_scan(x, self.cab.project(x), cls, bias, self.gate, self)
         frames = x.unsqueeze(2).unbind(dim=1)
         frame_attn = self.cab.project(x).unsqueeze(2).unbind(dim=1)
         states = [cls.detach()]

@@ -242,6 +242,25 @@ def _step(cls: Tensor, frame: Tensor, attn: Tensor, bias: Tensor, rate: Tensor |
     return cls + rate * (new - cls)
 
 
+def _step_backward(g: Tensor, saved: list, rate: Tensor | None, lin: list[_Linear],
+                   norms: list[Tensor], acc: list[Tensor], s: int, c: _Ctx
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_step` backwards from ``g`` = dL/dcls^k: ``(dL/dcls^{k-1}, dL/dtp1, dL/dtp2,
+    dL/d(SAB1(tp1) + bias))``. Summed over the templates, dL/dtp1 is the gradient of ``F^k`` and
+    dL/dtp2 that of ``project(F^k)``; the last two are the step's bias gradient. ``s``: the
+    chunk slot."""
+    g_direct = None
+    if rate is not None:
+        g_direct, g = g * (1 - rate), g * rate
+    g = _ln_backward(g, saved[10], norms[10], norms[11], acc[10:12])
+    g = _ffn_backward(g, saved[9], lin[8], lin[9], s)
+    g_tp2 = _ln_backward(g, saved[8], norms[8], norms[9], acc[8:10])
+    g_mid = _sab_backward(g_tp2, saved[4:8], lin[4:8], norms[4:8], acc[4:8], s, c)
+    g_tp1 = _sab_backward(g_mid, saved[0:4], lin[0:4], norms[0:4], acc[0:4], s, c)
+    g_cls = g_tp1 if g_direct is None else g_tp1 + g_direct
+    return g_cls, g_tp1, g_tp2, g_mid
+
+
 def _forward(x: Tensor, attn: Tensor, cls: Tensor, bias: Tensor, gate: Tensor | None,
              params: list[Tensor], c: _Ctx, saved: list | None
              ) -> tuple[Tensor, Tensor, list[_Linear]]:
@@ -303,22 +322,15 @@ class _Scan(torch.autograd.Function):
         with torch.autocast(grad.device.type, enabled=False):
             for k in reversed(range(steps)):
                 s, step_saved = k % chunk, saved.pop()
-                g_direct = None
                 if rate is not None:
                     prev, new = step_saved[-1]
                     g_rate += (g * (new - prev)).sum(dim=(0, 1))
-                    g_direct, g = g * (1 - rate), g * rate
-                g = _ln_backward(g, step_saved[10], norms[10], norms[11], acc[10:12])
-                g = _ffn_backward(g, step_saved[9], lin[8], lin[9], s)
-                g = _ln_backward(g, step_saved[8], norms[8], norms[9], acc[8:10])
-                g_attns.append(g.sum(dim=1, keepdim=True))
-                g_bias += g
-                g = _sab_backward(g, step_saved[4:8], lin[4:8], norms[4:8], acc[4:8], s, c)
-                g_bias += g
-                g = _sab_backward(g, step_saved[0:4], lin[0:4], norms[0:4], acc[0:4], s, c)
-                g_frames.append(g.sum(dim=1, keepdim=True))
-                if g_direct is not None:
-                    g = g + g_direct
+                g, g_tp1, g_tp2, g_mid = _step_backward(g, step_saved, rate, lin, norms, acc,
+                                                        s, c)
+                g_frames.append(g_tp1.sum(dim=1, keepdim=True))
+                g_attns.append(g_tp2.sum(dim=1, keepdim=True))
+                g_bias += g_tp2
+                g_bias += g_mid
                 if s == 0:
                     for layer in lin:
                         layer.flush(k, min(k + chunk, steps))
@@ -332,7 +344,7 @@ class _Scan(torch.autograd.Function):
 
 
 def scan(x: Tensor, attn: Tensor, cls: Tensor, bias: Tensor, gate: Tensor | None,
-         step: nn.Module, heads: int) -> tuple[Tensor, Tensor]:
+         step: nn.Module) -> tuple[Tensor, Tensor]:
     """Run Eq. 2 over ``x [M, T, D]`` (projected seconds; ``attn [M, T, D]``, their
     ``cab.project``) from ``cls [M, N, D]`` with ``bias [M or 1, N, D]``: the final templates
     ``[M, N, D]`` (in the parameters' dtype) and the focus map ``[M, N, T]``; ``gate``: the
@@ -341,7 +353,7 @@ def scan(x: Tensor, attn: Tensor, cls: Tensor, bias: Tensor, gate: Tensor | None
     params = step_parameters(step)
     acc = params[0].dtype
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else acc
-    c = _Ctx(dtype, heads, step.sab1.norm1.eps, acc)
+    c = _Ctx(dtype, step.sab1.attn.heads, step.sab1.norm1.eps, acc)
     cls = cls.to(acc)
     if torch.is_grad_enabled():
         return _Scan.apply(x, attn, cls, bias, gate, c, *params)
