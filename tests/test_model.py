@@ -207,6 +207,23 @@ def test_every_parameter_gets_a_gradient_for_each_sharing(share: str) -> None:
     assert_every_parameter_learns(model, loss, make_batch())
 
 
+@pytest.mark.parametrize(("scan", "share", "update"), [("manual", "attention", "replace"),
+                                                       ("manual", "none", "gated"),
+                                                       ("autograd", "attention", "replace")])
+def test_model_trains_on_a_device_other_than_the_cpu(scan: str, share: str, update: str) -> None:
+    """Forward and backward on the meta device: no tensor is made on the CPU behind the
+    caller's back and no CPU-only path (oneDNN packing, CPU dropout) is taken elsewhere, as a
+    GPU run needs; every parameter gets a gradient of its own shape and device."""
+    cfg = dataclasses.replace(SMALL, focus_scan=scan, share=share, focus_update=update)
+    with torch.device("meta"):
+        model = AVMaster(cfg, DIMS, C).train()
+    batch = {k: v.to("meta") for k, v in make_batch().items()}
+    AVMasterLoss()(model(batch), batch["label"])["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert p.grad.device.type == "meta" and p.grad.shape == p.shape, name
+
+
 def test_fusion_learning_only_from_contrast_keeps_its_frozen_decoder() -> None:
     loss = LossConfig(qa=0.0, visual=0.0)
     torch.manual_seed(0)

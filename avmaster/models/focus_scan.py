@@ -23,6 +23,7 @@ backward pass: one backward per forward (``focus_scan=autograd`` for more).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -137,6 +138,13 @@ def _pack(weight: Tensor, rows: int) -> Tensor | None:
         return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
     except (AttributeError, RuntimeError):  # an op this build of PyTorch does not have
         return None
+
+
+def _no_autocast(device: str) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device`` (nothing to do where autocast does not exist, e.g. meta)."""
+    if torch.amp.is_autocast_available(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _ln(x: Tensor, w: Tensor, b: Tensor, eps: float, saved: list | None) -> Tensor:
@@ -291,7 +299,7 @@ class _Scan(torch.autograd.Function):
     def forward(ctx, x: Tensor, attn: Tensor, cls: Tensor, bias: Tensor,  # type: ignore[override]
                 gate: Tensor | None, c: _Ctx, *params: Tensor) -> tuple[Tensor, Tensor]:
         ctx.c, ctx.saved = c, []
-        with torch.autocast(x.device.type, enabled=False):
+        with _no_autocast(x.device.type):
             out, focus, ctx.lin = _forward(x, attn, cls, bias, gate, list(params), c, ctx.saved)
         ctx.norms = params[2 * len(LINEARS):]
         ctx.meta = (x.dtype, attn.dtype, bias.shape, gate)
@@ -319,7 +327,7 @@ class _Scan(torch.autograd.Function):
         rate = None if gate is None else torch.sigmoid(gate)
         g_frames, g_attns = [], []
         g = grad.to(c.acc)
-        with torch.autocast(grad.device.type, enabled=False):
+        with _no_autocast(grad.device.type):
             for k in reversed(range(steps)):
                 s, step_saved = k % chunk, saved.pop()
                 if rate is not None:
@@ -352,10 +360,11 @@ def scan(x: Tensor, attn: Tensor, cls: Tensor, bias: Tensor, gate: Tensor | None
     device = x.device.type
     params = step_parameters(step)
     acc = params[0].dtype
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else acc
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    dtype = torch.get_autocast_dtype(device) if autocast else acc
     c = _Ctx(dtype, step.sab1.attn.heads, step.sab1.norm1.eps, acc)
     cls = cls.to(acc)
     if torch.is_grad_enabled():
         return _Scan.apply(x, attn, cls, bias, gate, c, *params)
-    with torch.autocast(device, enabled=False):
+    with _no_autocast(device):
         return _forward(x, attn, cls, bias, gate, params, c, None)[:2]
