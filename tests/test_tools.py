@@ -27,6 +27,43 @@ def test_bench_train_prints_step_time_flops_and_memory(monkeypatch, capsys) -> N
     assert "step_s=" in out and "gflop_per_s=" in out and "peak_mem_mb=" in out
 
 
+def test_bench_train_matmul_floor_counts_every_product(monkeypatch, capsys) -> None:
+    run_tool("bench_train.py", ["--batch", "2", "--seconds", "3", "--dim", "16", "--set",
+                                "heads=2", "--warmup", "0", "--steps", "1", "--matmul-floor",
+                                "--repeats", "1", "--precision", "bf16-mixed"], monkeypatch)
+    lines = capsys.readouterr().out.strip().splitlines()
+    step = dict(kv.split("=") for kv in lines[-2].split())
+    floor = dict(kv.split("=") for kv in lines[-1].split())
+    # under bf16 every attention runs as matrix products, so the timer sees all counted work
+    assert float(floor["matmul_gflop"]) == pytest.approx(float(step["gflop"]), rel=1e-3)
+    assert float(floor["matmul_alone_s"]) > 0 and float(floor["matmul_in_step_s"]) > 0
+
+
+def test_matmul_timer_times_products_and_leaves_results_unchanged() -> None:
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "tools" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    a, b, c = torch.randn(6, 5), torch.randn(5, 4), torch.randn(6, 4)
+    out = torch.empty(6, 4)
+    timer = bench.MatmulTimer(lambda: None, repeats=2)
+    with timer:
+        prod = a @ b
+        acc = torch.addmm(c, a, b)
+        torch.mm(a, b, out=out)
+        batched = torch.bmm(a[None], b[None])
+        _ = a.exp()  # not a product: not timed
+    assert timer.flop == 4 * (2 * 6 * 5 * 4)
+    assert timer.alone > 0 and timer.in_step > 0
+    torch.testing.assert_close(prod, a @ b)
+    torch.testing.assert_close(acc, c + a @ b)
+    torch.testing.assert_close(out, a @ b)
+    torch.testing.assert_close(batched[0], a @ b)
+
+
 def test_bench_loader_prints_samples_per_second(monkeypatch, capsys) -> None:
     run_tool("bench_loader.py", ["--videos", "6", "--questions", "40", "--seconds", "3",
                                  "--batch", "4", "--batches", "2", "--workers", "0",

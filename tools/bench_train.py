@@ -10,6 +10,12 @@ second), and peak memory (CUDA: allocator peak; CPU: peak resident set size of t
 Example::
 
     python tools/bench_train.py --batch 8 --seconds 60 --device cpu --threads 2
+
+``--matmul-floor`` adds a second line from one more step in which every matrix product (``mm``,
+``addmm``, ``bmm``, ``baddbmm``, oneDNN's packed linear) is timed where it runs and then again
+alone, repeated on the same inputs with warm caches: ``matmul_in_step_s`` is what the step's
+products took, ``matmul_alone_s`` the sum of their best repeats, the time the step would take if
+everything else were free (its GFLOP/s is the machine's matrix rate at the step's own shapes).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import sys
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from avmaster.lightning_module import build_optimizer
@@ -54,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="ModelConfig overrides, e.g. --set ff_mult=4 share=none")
+    p.add_argument("--matmul-floor", action="store_true",
+                   help="also time each matrix product of one step in place and alone")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="--matmul-floor: repeats of each product alone (the best counts)")
     return p.parse_args(argv)
 
 
@@ -91,6 +102,63 @@ def flop_counter() -> FlopCounterMode:
     with contextlib.suppress(AttributeError, RuntimeError):  # builds without oneDNN
         extra[torch.ops.mkldnn._linear_pointwise] = packed_linear_flop
     return FlopCounterMode(display=False, custom_mapping=extra)
+
+
+def _matmul_ops() -> dict:
+    """The matrix-product overloads :class:`MatmulTimer` times, with their FLOPs from the
+    argument shapes (out= variants write the same result again when repeated)."""
+    aten = torch.ops.aten
+
+    def mm(a, b, *_a, **_k):
+        return 2 * a.shape[0] * a.shape[1] * b.shape[1]
+
+    def addmm(_c, a, b, *_a, **_k):
+        return mm(a, b)
+
+    def bmm(a, b, *_a, **_k):
+        return 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+
+    def baddbmm(_c, a, b, *_a, **_k):
+        return bmm(a, b)
+
+    ops = {aten.mm.default: mm, aten.mm.out: mm, aten.addmm.default: addmm,
+           aten.addmm.out: addmm, aten.bmm.default: bmm, aten.bmm.out: bmm,
+           aten.baddbmm.default: baddbmm}
+    with contextlib.suppress(AttributeError, RuntimeError):  # builds without oneDNN
+        ops[torch.ops.mkldnn._linear_pointwise.default] = (
+            lambda x, w, *_a, **_k: packed_linear_flop(x.shape, w.shape))
+    return ops
+
+
+class MatmulTimer(TorchDispatchMode):
+    """Times every matrix product run under it, in place and then alone (``repeats`` more runs
+    on the same inputs, the best kept); ``sync`` waits for the device."""
+
+    def __init__(self, sync, repeats: int = 3):
+        super().__init__()
+        self.ops, self.sync, self.repeats = _matmul_ops(), sync, repeats
+        self.in_step = self.alone = 0.0
+        self.flop = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flops = self.ops.get(func)
+        if flops is None:
+            return func(*args, **kwargs)
+        self.sync()
+        t0 = time.perf_counter()
+        out = func(*args, **kwargs)
+        self.sync()
+        self.in_step += time.perf_counter() - t0
+        best = math.inf
+        for _ in range(self.repeats):
+            t0 = time.perf_counter()
+            func(*args, **kwargs)
+            self.sync()
+            best = min(best, time.perf_counter() - t0)
+        self.alone += best
+        self.flop += flops(*args, **kwargs)
+        return out
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -159,6 +227,15 @@ def main(argv: list[str] | None = None) -> None:
         f"peak_mem_mb={peak_memory_mb(device):.0f}",
         flush=True,
     )
+    if args.matmul_floor:
+        timer = MatmulTimer(sync, args.repeats)
+        with timer:
+            step()
+        gf = timer.flop / 1e9
+        print(f"matmul_gflop={gf:.1f} matmul_in_step_s={timer.in_step:.3f} "
+              f"matmul_in_step_gflop_per_s={gf / timer.in_step:.1f} "
+              f"matmul_alone_s={timer.alone:.3f} matmul_alone_gflop_per_s={gf / timer.alone:.1f} "
+              f"rest_s={dt - timer.in_step:.3f}", flush=True)
 
 
 if __name__ == "__main__":
