@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", nargs="?", const="blocks", default="none",
                    choices=("none", "blocks", "full"),
                    help="torch.compile each block (default when given) or the whole model")
+    p.add_argument("--compile-mode", default=None,
+                   choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode (reduce-overhead: CUDA graphs on a GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2)
@@ -178,9 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     n_params = count_parameters(model)
     criterion = AVMasterLoss()
     opt, _ = build_optimizer(model.parameters(), OptimConfig())
-    forward = torch.compile(model) if args.compile == "full" else model
+    forward = torch.compile(model, mode=args.compile_mode) if args.compile == "full" else model
     if args.compile == "blocks":
-        model.compile_blocks()
+        model.compile_blocks(mode=args.compile_mode)
     batch = random_batch(args, device)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
@@ -220,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"device={device.type} threads={torch.get_num_threads()} batch={args.batch} "
         f"T={args.seconds} L={args.words} dim={args.dim} precision={args.precision} "
-        f"compile={args.compile} params={n_params / 1e6:.2f}M step_s={dt:.3f} best_s={best:.3f} "
+        f"compile={args.compile}{'' if args.compile_mode is None else ':' + args.compile_mode} "
+        f"params={n_params / 1e6:.2f}M step_s={dt:.3f} best_s={best:.3f} "
         f"cpu_s={cpu:.3f} "
         f"samples_per_s={args.batch / dt:.2f} gflop={gflop:.1f} gflop_per_s={gflop / dt:.1f} "
         f"gflop_per_cpu_s={gflop / cpu:.1f} "

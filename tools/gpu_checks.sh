@@ -45,15 +45,17 @@ run() {  # run LIMIT_S CMD...: log the command, its last lines and its exit stat
 { date -u; nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"; } >"$log"
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     >>"$log" 2>&1
-for b in "${batches[@]}"; do
+for b in "${batches[@]}"; do  # with each product's time in the step and alone
     run 150 "$PYTHON" tools/bench_train.py --device "$device" --precision "$precision" \
-        --batch "$b" --seconds "$seconds" "${dim[@]}" "${steps[@]}"
+        --batch "$b" --seconds "$seconds" "${dim[@]}" "${steps[@]}" --matmul-floor
 done
 run 120 "$PYTHON" tools/bench_train.py --device "$device" --precision "$precision" \
     --batch "${batches[-1]}" --seconds "$seconds" "${dim[@]}" "${steps[@]}" \
     --set focus_scan=autograd
+# the focus step compiled once for all T seconds and replayed as CUDA graphs
 run 240 "$PYTHON" tools/bench_train.py --device "$device" --precision "$precision" \
-    --batch "${batches[-1]}" --seconds "$seconds" "${dim[@]}" "${steps[@]}" --compile
+    --batch "${batches[-1]}" --seconds "$seconds" "${dim[@]}" "${steps[@]}" --compile \
+    --compile-mode reduce-overhead --set focus_scan=autograd
 run 120 "$PYTHON" tools/bench_loader.py --batch "${batches[-1]}" --seconds "$seconds" \
     --workers 0 4 "${loader[@]}"
 run 300 "$PYTHON" tools/bench_extract.py --model "$clip" --random-init --device "$device" \
