@@ -464,6 +464,8 @@ def test_cpu_attention_backend_matches_the_default_kernel_under_bf16(monkeypatch
     monkeypatch.undo()
     assert not isinstance(blocks.cpu_attention_backend(x.bfloat16()), contextlib.nullcontext)
     assert isinstance(blocks.cpu_attention_backend(x), contextlib.nullcontext)
+    assert not isinstance(blocks.cpu_attention_backend(x, few_tokens=True),
+                          contextlib.nullcontext)
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=0.05, atol=0.05 * b.abs().max().item())
 

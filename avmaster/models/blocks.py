@@ -16,12 +16,14 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
-def cpu_attention_backend(q: Tensor) -> contextlib.AbstractContextManager:
-    """SDPA's math backend for several bf16/fp16 queries on CPU, else the default. Measured
-    (2 threads, 8 x 8 heads of 64, T = 60): the CPU flash kernel's fwd+bwd takes 3.6-7.6 ms in
-    bf16 where the math backend takes 1.6-3.5 ms; in fp32 and for one query flash is faster."""
+def cpu_attention_backend(q: Tensor, few_tokens: bool = False) -> contextlib.AbstractContextManager:
+    """SDPA's math backend on CPU where it is the faster kernel, else the default. Measured at 2
+    threads: for several bf16/fp16 queries (8 x 8 heads of 64, T = 60) the CPU flash kernel's
+    fwd+bwd takes 3.6-7.6 ms where the math backend takes 1.6-3.5 ms; in fp32 and for one query
+    flash is faster, except over a handful of tokens (``few_tokens``, e.g. the 8 focus
+    templates), where the flash kernel's blocking costs several times more in any dtype."""
     low = q.dtype in (torch.bfloat16, torch.float16)
-    if q.device.type == "cpu" and low and q.shape[-2] > 1:
+    if q.device.type == "cpu" and (few_tokens or (low and q.shape[-2] > 1)):
         return sdpa_kernel(SDPBackend.MATH)
     return contextlib.nullcontext()
 

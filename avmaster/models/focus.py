@@ -16,7 +16,8 @@ before the loop (see :class:`~avmaster.models.blocks.SingleKeyCAB`). ``scan="man
 default) runs the T steps as one autograd node with a written-out backward
 (:mod:`avmaster.models.focus_scan`); ``scan="autograd"`` calls this module once per second and
 lets autograd record every operation (the reference the manual scan is tested against; on CPU
-its N-token self-attention uses SDPA's math backend). With ``deferred_weight_grads=True`` the
+its N-token self-attention uses SDPA's math backend, see
+:func:`~avmaster.models.blocks.cpu_attention_backend`). With ``deferred_weight_grads=True`` the
 autograd scan computes the step's weight gradients once over all T steps after the recurrence
 (:mod:`avmaster.models.deferred`); on a quiet 2-core CPU it was no faster.
 
@@ -36,17 +37,10 @@ from dataclasses import dataclass
 import torch
 from einops import repeat
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from avmaster.models.blocks import SAB, Dropout, SingleKeyCAB
+from avmaster.models.blocks import SAB, Dropout, SingleKeyCAB, cpu_attention_backend
 from avmaster.models.deferred import deferred_linears, make_deferrable
 from avmaster.models.focus_scan import scan as manual_scan
-
-
-def small_attention(device: torch.device) -> contextlib.AbstractContextManager:
-    """On CPU, attention over a handful of templates is fastest with SDPA's math backend (the
-    flash kernel's blocking costs several times more at N ~ 8); elsewhere the default."""
-    return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
 
 
 class FocusStep(nn.Module):
@@ -87,7 +81,7 @@ class FocusStep(nn.Module):
         frame_attn = self.cab.project(x).unsqueeze(2).unbind(dim=1)
         states = [cls.detach()]
         defer = deferred_linears(self) if self.deferred_weight_grads else contextlib.nullcontext()
-        with small_attention(x.device), defer:
+        with cpu_attention_backend(x, few_tokens=True), defer:
             rate = None if self.gate is None else torch.sigmoid(self.gate)
             for frame, attn in zip(frames, frame_attn, strict=True):
                 new = self(cls, frame, attn, bias)
