@@ -212,6 +212,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"avmaster {command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Destroy the process group a multi-process run (``trainer.strategy=ddp``) left open:
+    torch's gloo group still alive at interpreter exit sometimes aborts the process ("terminate
+    called without an active exception", exit status 134) after a run that succeeded."""
+    if "torch" not in sys.modules:  # nothing distributed can have started
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # Lightning's rank-zero messages (its install tips among them) go through these loggers.

@@ -234,6 +234,7 @@ import dataclasses, json, sys, torch, lightning as L
 sys.path.insert(0, {tests!r})
 from helpers import ListData, make_batch, SMALL, DIMS, C, ddp_metric_data
 from avmaster.data.tables import get_table
+from avmaster.cli import close_process_group
 from avmaster.lightning_module import AVMasterModule
 from avmaster.metrics import GroupedAccuracy
 
@@ -258,6 +259,7 @@ if __name__ == "__main__":
     with open(f"{root}/metrics{{rank}}.json", "w") as f:
         json.dump(metric.compute(), f)
     trainer.strategy.barrier()  # both ranks have written before either exits
+    close_process_group()  # as `avmaster` does on exit
 """
 
 

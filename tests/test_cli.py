@@ -42,3 +42,18 @@ def test_errors_are_one_clear_line(tmp_path, fixtures, capsys):
     assert "avmaster score: error:" in err and "bad.json: malformed JSON" in err
     assert main(["config", "model.nope=1"]) == 2
     assert "unknown config key 'model.nope'" in capsys.readouterr().err
+
+
+def test_every_command_closes_an_open_process_group(monkeypatch, capsys):
+    """A DDP run's process group is destroyed before the process exits, whether the command
+    succeeded or failed (a gloo group alive at exit can abort a finished run)."""
+    import torch.distributed as dist
+
+    closed = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a: closed.append("closed"))
+    assert main(["config", "model.nope=1"]) == 2
+    assert main(["config"]) == 0
+    assert closed == ["closed", "closed"]
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    assert main(["config"]) == 0 and closed == ["closed", "closed"]
