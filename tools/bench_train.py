@@ -107,46 +107,32 @@ def flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=extra)
 
 
-def _matmul_ops() -> dict:
-    """The matrix-product overloads :class:`MatmulTimer` times, with their FLOPs from the
-    argument shapes (out= variants write the same result again when repeated)."""
+def _products() -> set:
+    """The matrix-product overloads :class:`MatmulTimer` times (out= variants write the same
+    result again when repeated)."""
     aten = torch.ops.aten
-
-    def mm(a, b, *_a, **_k):
-        return 2 * a.shape[0] * a.shape[1] * b.shape[1]
-
-    def addmm(_c, a, b, *_a, **_k):
-        return mm(a, b)
-
-    def bmm(a, b, *_a, **_k):
-        return 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
-
-    def baddbmm(_c, a, b, *_a, **_k):
-        return bmm(a, b)
-
-    ops = {aten.mm.default: mm, aten.mm.out: mm, aten.addmm.default: addmm,
-           aten.addmm.out: addmm, aten.bmm.default: bmm, aten.bmm.out: bmm,
-           aten.baddbmm.default: baddbmm}
+    ops = {aten.mm.default, aten.mm.out, aten.addmm.default, aten.addmm.out, aten.bmm.default,
+           aten.bmm.out, aten.baddbmm.default}
     with contextlib.suppress(AttributeError, RuntimeError):  # builds without oneDNN
-        ops[torch.ops.mkldnn._linear_pointwise.default] = (
-            lambda x, w, *_a, **_k: packed_linear_flop(x.shape, w.shape))
+        ops.add(torch.ops.mkldnn._linear_pointwise.default)
     return ops
 
 
 class MatmulTimer(TorchDispatchMode):
     """Times every matrix product run under it, in place and then alone (``repeats`` more runs
-    on the same inputs, the best kept); ``sync`` waits for the device."""
+    on the same inputs, the best kept), and counts its FLOPs with :func:`flop_counter`'s
+    formulas; ``sync`` waits for the device."""
 
     def __init__(self, sync, repeats: int = 3):
         super().__init__()
-        self.ops, self.sync, self.repeats = _matmul_ops(), sync, repeats
+        self.ops, self.formulas = _products(), flop_counter().flop_registry
+        self.sync, self.repeats = sync, repeats
         self.in_step = self.alone = 0.0
         self.flop = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        flops = self.ops.get(func)
-        if flops is None:
+        if func not in self.ops:
             return func(*args, **kwargs)
         self.sync()
         t0 = time.perf_counter()
@@ -160,7 +146,7 @@ class MatmulTimer(TorchDispatchMode):
             self.sync()
             best = min(best, time.perf_counter() - t0)
         self.alone += best
-        self.flop += flops(*args, **kwargs)
+        self.flop += self.formulas[func.overloadpacket](*args, **kwargs, out_val=out)
         return out
 
 
