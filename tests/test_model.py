@@ -207,14 +207,18 @@ def test_every_parameter_gets_a_gradient_for_each_sharing(share: str) -> None:
     assert_every_parameter_learns(model, loss, make_batch())
 
 
-@pytest.mark.parametrize(("scan", "share", "update"), [("manual", "attention", "replace"),
-                                                       ("manual", "none", "gated"),
-                                                       ("autograd", "attention", "replace")])
-def test_model_trains_on_a_device_other_than_the_cpu(scan: str, share: str, update: str) -> None:
+@pytest.mark.parametrize(("scan", "share", "update", "deferred"),
+                         [("manual", "attention", "replace", False),
+                          ("manual", "none", "gated", False),
+                          ("autograd", "attention", "replace", False),
+                          ("autograd", "attention", "replace", True)])
+def test_model_trains_on_a_device_other_than_the_cpu(scan: str, share: str, update: str,
+                                                     deferred: bool) -> None:
     """Forward and backward on the meta device: no tensor is made on the CPU behind the
     caller's back and no CPU-only path (oneDNN packing, CPU dropout) is taken elsewhere, as a
     GPU run needs; every parameter gets a gradient of its own shape and device."""
-    cfg = dataclasses.replace(SMALL, focus_scan=scan, share=share, focus_update=update)
+    cfg = dataclasses.replace(SMALL, focus_scan=scan, share=share, focus_update=update,
+                              deferred_weight_grads=deferred)
     with torch.device("meta"):
         model = AVMaster(cfg, DIMS, C).train()
     batch = {k: v.to("meta") for k, v in make_batch().items()}

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avmaster.models.amp import autocast_dtype, no_autocast
+
 FLUSH_ROWS = 1024
 """Rows of buffered uses reduced in one GEMM: large enough for full GEMM speed, small enough
 that the buffered inputs and gradients add little memory (the rest waits in the autograd graph
@@ -108,7 +110,7 @@ class DeferrableLinear(nn.Linear):
         if self._deferred is None or torch.compiler.is_compiling():
             return F.linear(x, self.weight, self.bias)
         weight, bias, sink = self._deferred
-        with torch.autocast(x.device.type, enabled=False):  # cast as autocast would
+        with no_autocast(x.device.type):  # cast as autocast would
             return _LinearNoWeightGrad.apply(x.to(weight.dtype), weight, bias, sink)
 
 
@@ -131,9 +133,8 @@ def deferred_linears(module: nn.Module) -> Iterator[None]:
     for layer in layers:
         sink = _Sink(layer.weight.dtype, layer.bias is not None)
         weight, bias = _Gather.apply(layer.weight, layer.bias, sink)
-        device = weight.device.type
-        if torch.is_autocast_enabled(device):  # cast once for all uses, as autocast would
-            dtype = torch.get_autocast_dtype(device)
+        dtype = autocast_dtype(weight.device.type)
+        if dtype is not None:  # cast once for all uses, as autocast would
             weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
         layer._deferred = (weight, bias, sink)
     try:

@@ -23,13 +23,14 @@ backward pass: one backward per forward (``focus_scan=autograd`` for more).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from avmaster.models.amp import autocast_dtype, no_autocast
 
 CHUNK_ROWS = 2048
 """Rows (seconds x M x N) whose weight gradients are reduced in one GEMM when the compute dtype
@@ -138,13 +139,6 @@ def _pack(weight: Tensor, rows: int) -> Tensor | None:
         return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
     except (AttributeError, RuntimeError):  # an op this build of PyTorch does not have
         return None
-
-
-def _no_autocast(device: str) -> contextlib.AbstractContextManager:
-    """Autocast off on ``device`` (nothing to do where autocast does not exist, e.g. meta)."""
-    if torch.amp.is_autocast_available(device):
-        return torch.autocast(device, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _ln(x: Tensor, w: Tensor, b: Tensor, eps: float, saved: list | None) -> Tensor:
@@ -299,7 +293,7 @@ class _Scan(torch.autograd.Function):
     def forward(ctx, x: Tensor, attn: Tensor, cls: Tensor, bias: Tensor,  # type: ignore[override]
                 gate: Tensor | None, c: _Ctx, *params: Tensor) -> tuple[Tensor, Tensor]:
         ctx.c, ctx.saved = c, []
-        with _no_autocast(x.device.type):
+        with no_autocast(x.device.type):
             out, focus, ctx.lin = _forward(x, attn, cls, bias, gate, list(params), c, ctx.saved)
         ctx.norms = params[2 * len(LINEARS):]
         ctx.meta = (x.dtype, attn.dtype, bias.shape, gate)
@@ -327,7 +321,7 @@ class _Scan(torch.autograd.Function):
         rate = None if gate is None else torch.sigmoid(gate)
         g_frames, g_attns = [], []
         g = grad.to(c.acc)
-        with _no_autocast(grad.device.type):
+        with no_autocast(grad.device.type):
             for k in reversed(range(steps)):
                 s, step_saved = k % chunk, saved.pop()
                 if rate is not None:
@@ -360,11 +354,11 @@ def scan(x: Tensor, attn: Tensor, cls: Tensor, bias: Tensor, gate: Tensor | None
     device = x.device.type
     params = step_parameters(step)
     acc = params[0].dtype
-    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
-    dtype = torch.get_autocast_dtype(device) if autocast else acc
+    low = autocast_dtype(device)
+    dtype = acc if low is None else low
     c = _Ctx(dtype, step.sab1.attn.heads, step.sab1.norm1.eps, acc)
     cls = cls.to(acc)
     if torch.is_grad_enabled():
         return _Scan.apply(x, attn, cls, bias, gate, c, *params)
-    with _no_autocast(device):
+    with no_autocast(device):
         return _forward(x, attn, cls, bias, gate, params, c, None)[:2]
