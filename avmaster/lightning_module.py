@@ -41,12 +41,15 @@ FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: OptimConfig
+    params: Iterable[torch.nn.Parameter], cfg: OptimConfig, capturable: bool = False
 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.StepLR]:
-    """Adam (the fused kernel where the parameters' device has one) and its StepLR."""
+    """Adam (the fused kernel where the parameters' device has one) and its StepLR;
+    ``capturable``: its step may be recorded in a CUDA graph (the learning rate is then fixed
+    at capture)."""
     params = [p for p in params if p.requires_grad]
     fused = all(p.device.type in FUSED_ADAM_DEVICES for p in params)
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused,
+                           capturable=capturable)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_size, gamma=cfg.lr_gamma)
     return opt, sched
 

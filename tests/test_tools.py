@@ -39,14 +39,80 @@ def test_bench_train_matmul_floor_counts_every_product(monkeypatch, capsys) -> N
     assert float(floor["matmul_alone_s"]) > 0 and float(floor["matmul_in_step_s"]) > 0
 
 
-def test_matmul_timer_times_products_and_leaves_results_unchanged() -> None:
+def load_bench_train():
     import importlib.util
-
-    import torch
 
     spec = importlib.util.spec_from_file_location("bench_train", REPO / "tools" / "bench_train.py")
     bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_train"] = bench  # dataclasses look their module up there
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_train_counts_operator_calls(monkeypatch, capsys) -> None:
+    import torch
+
+    bench = load_bench_train()
+    counter = bench.OpCounter()
+    x = torch.randn(4, 3)
+    with counter:
+        y = (x.t() @ x).relu()  # mm, relu; t is a view
+        _ = y.view(-1), torch.empty(3)  # neither counts
+    assert counter.calls == 2
+    run_tool("bench_train.py", ["--batch", "2", "--seconds", "3", "--dim", "16", "--set",
+                                "heads=2", "--warmup", "0", "--steps", "1"], monkeypatch)
+    fields = dict(kv.split("=") for kv in capsys.readouterr().out.split())
+    assert fields["cuda_graph"] == "0" and int(fields["ops"]) > 100
+
+
+def test_bench_train_cuda_graph_needs_cuda(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", "--cuda-graph", "--device", "cpu"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(REPO / "tools" / "bench_train.py"), run_name="__main__")
+    assert done.value.code == 2
+    assert "--cuda-graph needs --device cuda" in capsys.readouterr().err
+
+
+def test_cuda_graph_step_equals_eager_steps() -> None:
+    """The whole step replayed as a CUDA graph trains as eager steps do (runs where CUDA is)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    bench = load_bench_train()
+    args = bench.parse_args(["--device", "cuda", "--cuda-graph", "--batch", "4", "--seconds",
+                             "6", "--dim", "32", "--set", "heads=2"])
+    diff, moved = bench.graph_difference(args, steps=3)
+    assert moved > 0 and diff <= 1e-3 * moved
+
+
+def test_graph_difference_tells_a_replay_that_trains_from_one_that_does_not(monkeypatch) -> None:
+    """The check :func:`test_cuda_graph_step_equals_eager_steps` relies on, on any device: a
+    stand-in for the graph that runs the real step gives no difference, one that skips it a
+    difference as large as the training's own change."""
+    bench = load_bench_train()
+    args = bench.parse_args(["--batch", "2", "--seconds", "3", "--dim", "16", "--set",
+                             "heads=2"])
+
+    def stand_in(trains: bool):
+        def record(train_step, step, opt, batch):
+            for _ in range(bench.GRAPH_WARMUP):
+                step()
+            return step if trains else (lambda: None)
+        return record
+
+    monkeypatch.setattr(bench, "record_graph", stand_in(True))
+    diff, moved = bench.graph_difference(args, steps=2)
+    assert moved > 0 and diff == 0
+    monkeypatch.setattr(bench, "record_graph", stand_in(False))
+    diff, moved = bench.graph_difference(args, steps=2)
+    assert diff > 0.1 * moved
+
+
+def test_matmul_timer_times_products_and_leaves_results_unchanged() -> None:
+    import torch
+
+    bench = load_bench_train()
     a, b, c = torch.randn(6, 5), torch.randn(5, 4), torch.randn(6, 4)
     out = torch.empty(6, 4)
     timer = bench.MatmulTimer(lambda: None, repeats=2)

@@ -16,6 +16,16 @@ Example::
 alone, repeated on the same inputs with warm caches: ``matmul_in_step_s`` is what the step's
 products took, ``matmul_alone_s`` the sum of their best repeats, the time the step would take if
 everything else were free (its GFLOP/s is the machine's matrix rate at the step's own shapes).
+
+``ops`` counts the step's operator calls that are neither views nor allocations: on a GPU each
+is about one kernel launch, so ``step_s`` near ``cpu_s`` and near ``ops`` times a few
+microseconds means the host's launches, not the GPU, set the pace (with ``--compile`` it counts
+the eager operators, not the compiled kernels). ``--cuda-graph`` (CUDA only)
+then records the whole step (forward, backward, Adam with ``capturable=True``) once as a CUDA
+graph after warm-up steps on a side stream, and times its replays, each after copying a batch
+into the graph's inputs: what launches cost is what the step saves. The learning rate is fixed
+at capture and autocast does not cache its weight casts across the capture. A second line
+compares the graph with eager steps (:func:`graph_difference`).
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -37,6 +49,7 @@ from avmaster.losses import AVMasterLoss
 from avmaster.models import AVMaster, FeatureDims, ModelConfig, OptimConfig, count_parameters
 
 COMPILE_WARMUP = 3  # compiled forward, backward and recompiles settle within a few steps
+GRAPH_WARMUP = 3  # eager steps on the capture's side stream before recording (the CUDA docs')
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,7 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also time each matrix product of one step in place and alone")
     p.add_argument("--repeats", type=int, default=3,
                    help="--matmul-floor: repeats of each product alone (the best counts)")
-    return p.parse_args(argv)
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="record the whole step once as a CUDA graph and time its replays")
+    args = p.parse_args(argv)
+    if args.cuda_graph and (torch.device(args.device).type != "cuda" or args.compile != "none"
+                            or args.matmul_floor):
+        p.error("--cuda-graph needs --device cuda, and neither --compile nor --matmul-floor")
+    return args
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
@@ -150,39 +169,128 @@ class MatmulTimer(TorchDispatchMode):
         return out
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the operator calls run under it that are neither views nor allocations."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and not func.overloadpacket.__name__.startswith("empty"):
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def record_graph(train_step: Callable[[], None], step: Callable[[], None],
+                 opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]
+                 ) -> Callable[[], None]:
+    """Record ``train_step`` (forward, backward, optimiser step) once as a CUDA graph after
+    :data:`GRAPH_WARMUP` runs of ``step`` (the same, then ``zero_grad``) on a side stream; the
+    function returned copies a batch into the graph's inputs (``batch``) and replays it."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(GRAPH_WARMUP):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)  # the recorded backward writes the gradients, not adds to them
+    with torch.cuda.graph(graph):
+        train_step()
+    fresh = {k: v.clone() for k, v in batch.items()}
+
+    def replay() -> None:
+        for k, v in fresh.items():
+            batch[k].copy_(v, non_blocking=True)
+        graph.replay()
+
+    return replay
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+@dataclass
+class Training:
+    """A model, its optimiser and a batch; ``train_step`` runs forward, backward and the
+    optimiser step, ``step`` the same and then ``zero_grad``."""
+
+    model: AVMaster
+    opt: torch.optim.Optimizer
+    batch: dict[str, torch.Tensor]
+    train_step: Callable[[], None]
+    step: Callable[[], None]
+
+
+def setup(args: argparse.Namespace, cfg: ModelConfig) -> Training:
+    """The benchmark's model (seeded with ``--seed``), loss, optimiser and random batch."""
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     dims = FeatureDims(args.visual_dim, args.audio_dim, args.text_dim)
-    model = AVMaster(model_config(args), dims, args.answers).to(device).train()
-    n_params = count_parameters(model)
+    model = AVMaster(cfg, dims, args.answers).to(device).train()
     criterion = AVMasterLoss()
-    opt, _ = build_optimizer(model.parameters(), OptimConfig())
+    opt, _ = build_optimizer(model.parameters(), OptimConfig(), capturable=args.cuda_graph)
     forward = torch.compile(model, mode=args.compile_mode) if args.compile == "full" else model
     if args.compile == "blocks":
         model.compile_blocks(mode=args.compile_mode)
     batch = random_batch(args, device)
     autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
+        torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not args.cuda_graph)
         if args.precision == "bf16-mixed"
         else contextlib.nullcontext()
     )
 
-    def step() -> None:
+    def train_step() -> None:
         with autocast:
             loss = criterion(forward(batch), batch["label"])["loss"]
         loss.backward()
         opt.step()
+
+    def step() -> None:
+        train_step()
         opt.zero_grad(set_to_none=True)
+
+    return Training(model, opt, batch, train_step, step)
+
+
+def graph_difference(args: argparse.Namespace, steps: int = 2) -> tuple[float, float]:
+    """``(difference, moved)``: the largest difference of any parameter between ``GRAPH_WARMUP +
+    steps`` steps run eagerly and the same with the last ``steps`` replayed as a CUDA graph,
+    from the same weights and batch, with dropout off (eager and graphed steps draw different
+    masks); and the largest change of any parameter over the eager steps, its scale."""
+    cfg = replace(model_config(args), dropout=0.0)
+
+    def weights(run: Training) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in run.model.parameters()]
+
+    def largest(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+
+    eager = setup(args, cfg)
+    start = weights(eager)
+    for _ in range(GRAPH_WARMUP + steps):
+        eager.step()
+    graphed = setup(args, cfg)
+    replay = record_graph(graphed.train_step, graphed.step, graphed.opt, graphed.batch)
+    for _ in range(steps):
+        replay()
+    if torch.device(args.device).type == "cuda":
+        torch.cuda.synchronize()
+    return largest(weights(eager), weights(graphed)), largest(weights(eager), start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    run = setup(args, model_config(args))
+    n_params = count_parameters(run.model)
+    step = run.step
 
     def sync() -> None:
         if device.type == "cuda":
@@ -192,16 +300,18 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(warmup):
         step()
     sync()
-    counter = flop_counter()
-    with counter:  # one more untimed step (the counter slows it down)
+    counter, ops = flop_counter(), OpCounter()
+    with counter, ops:  # one more untimed step (the counters slow it down)
         step()
     gflop = counter.get_total_flops() / 1e9
+    timed = record_graph(run.train_step, step, run.opt, run.batch) if args.cuda_graph else step
+    sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, cpu_times = [], []
     for _ in range(args.steps):
         t0, c0 = time.perf_counter(), time.process_time()
-        step()
+        timed()
         sync()
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
@@ -210,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         f"device={device.type} threads={torch.get_num_threads()} batch={args.batch} "
         f"T={args.seconds} L={args.words} dim={args.dim} precision={args.precision} "
         f"compile={args.compile}{'' if args.compile_mode is None else ':' + args.compile_mode} "
+        f"cuda_graph={int(args.cuda_graph)} ops={ops.calls} "
         f"params={n_params / 1e6:.2f}M step_s={dt:.3f} best_s={best:.3f} "
         f"cpu_s={cpu:.3f} "
         f"samples_per_s={args.batch / dt:.2f} gflop={gflop:.1f} gflop_per_s={gflop / dt:.1f} "
@@ -217,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
         f"peak_mem_mb={peak_memory_mb(device):.0f}",
         flush=True,
     )
+    if args.cuda_graph:
+        diff, moved = graph_difference(args)
+        print(f"graph_max_abs_diff={diff:.3g} eager_max_param_change={moved:.3g}", flush=True)
     if args.matmul_floor:
         timer = MatmulTimer(sync, args.repeats)
         with timer:
