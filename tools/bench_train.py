@@ -233,7 +233,9 @@ def setup(args: argparse.Namespace, cfg: ModelConfig) -> Training:
     dims = FeatureDims(args.visual_dim, args.audio_dim, args.text_dim)
     model = AVMaster(cfg, dims, args.answers).to(device).train()
     criterion = AVMasterLoss()
-    opt, _ = build_optimizer(model.parameters(), OptimConfig(), capturable=args.cuda_graph)
+    # passed only when needed: A/B runs import earlier versions of the package without it
+    graph = {"capturable": True} if args.cuda_graph else {}
+    opt, _ = build_optimizer(model.parameters(), OptimConfig(), **graph)
     forward = torch.compile(model, mode=args.compile_mode) if args.compile == "full" else model
     if args.compile == "blocks":
         model.compile_blocks(mode=args.compile_mode)
