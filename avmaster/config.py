@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 PAPER_KEY = "paper"  # an ablation preset's paper rows: metadata, not merged into the run
 DEPRECATED_KEY = "deprecated"  # a preset kept for old commands: the warning it prints when used
 RECORDED = ("presets", "overrides")  # written by load_config, never set by the user
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -74,7 +75,8 @@ class Config:
     name: str = "avmaster"
     ckpt: str | None = None
     resume: bool = True
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile each block of the model
+    compile_mode: str | None = None  # torch.compile's mode (COMPILE_MODES); None: its default
     save_predictions: bool = True
     variants: list[str] = field(default_factory=list)  # eval: configs/variants/ names
     presets: list[str] = field(default_factory=list)  # recorded: "ablation=NAME", "data=NAME"
@@ -85,6 +87,15 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        if self.compile_mode is None:
+            return
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got "
+                             f"{self.compile_mode!r}")
+        if not self.compile:
+            raise ValueError(f"compile_mode={self.compile_mode} needs compile=true")
 
     @property
     def run_dir(self) -> Path:

@@ -101,8 +101,8 @@ def build_module(cfg: Config, dm: AVQADataModule) -> AVMasterModule:
     answers = None if multiple_choice else dm.build_vocab().answers
     module = AVMasterModule(model_cfg=cfg.model, loss_cfg=cfg.loss, optim_cfg=cfg.optim,
                            dims=dm.dims, answers=answers, multiple_choice=multiple_choice)
-    if cfg.compile:
-        module.model.compile_blocks()  # each block once; parameter names stay as they are
+    if cfg.compile:  # each block once; parameter names stay as they are
+        module.model.compile_blocks(**({"mode": cfg.compile_mode} if cfg.compile_mode else {}))
     return module
 
 

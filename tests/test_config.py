@@ -87,3 +87,13 @@ def test_preset_may_be_a_path(tmp_path: Path):
     p = tmp_path / "mine.yaml"
     p.write_text("name: mine\ntable: avqa\nseconds: 10\n")
     assert load_config(overrides=[f"data={p}"]).data.name == "mine"
+
+
+def test_compile_mode_needs_compile_and_a_known_mode():
+    cfg = load_config(overrides=["compile=true", "compile_mode=reduce-overhead"])
+    assert cfg.compile and cfg.compile_mode == "reduce-overhead"
+    assert load_config().compile_mode is None
+    with pytest.raises(ConfigError, match="compile_mode=default needs compile=true"):
+        load_config(overrides=["compile_mode=default"])
+    with pytest.raises(ConfigError, match="compile_mode must be one of"):
+        load_config(overrides=["compile=true", "compile_mode=fast"])

@@ -116,6 +116,21 @@ def test_ablation_presets_build_and_train_one_step(tiny_run, tmp_path):
         assert torch.isfinite(trainer.callback_metrics["train/loss"]), name
 
 
+def test_compile_mode_reaches_torch_compile(tiny_run, tmp_path, monkeypatch):
+    from avmaster.models import AVMaster
+    from avmaster.training import build_datamodule, build_module
+
+    calls = []
+    monkeypatch.setattr(AVMaster, "compile_blocks", lambda self, **kw: calls.append(kw))
+    for extra, wanted in (([], None), (["compile=true"], {}),
+                          (["compile=true", "compile_mode=max-autotune"],
+                           {"mode": "max-autotune"})):
+        cfg = load_config(overrides=[*tiny_run.overrides, f"output_dir={tmp_path}", *extra])
+        calls.clear()
+        build_module(cfg, build_datamodule(cfg))
+        assert calls == ([] if wanted is None else [wanted]), extra
+
+
 def test_inference_time_variants_of_one_checkpoint(tiny_run, tmp_path, capsys):
     """Train once, then Tables XII and XIII and the Fig. 6 curve from that one checkpoint."""
     overrides = [*tiny_run.overrides, f"output_dir={tmp_path}"]
