@@ -65,6 +65,7 @@ run 120 "${train[@]}" --batch "${batches[-1]}" --set focus_scan=autograd
 # the autograd scan's focus step compiled once for all T seconds and replayed as CUDA graphs
 run 240 "${train[@]}" --batch "${batches[-1]}" --compile --compile-mode reduce-overhead \
     --set focus_scan=autograd
+run 200 "${train[@]}" --batch "${batches[-1]}" --compile  # the default scan, blocks compiled
 if [ "$device" = cuda ]; then  # decoding alone on the NVDEC engines (software if PyAV lacks them)
     run 120 "$PYTHON" tools/bench_extract.py --model avmaster-tiny --random-init --device cuda \
         --hwaccel cuda --stages decode \
