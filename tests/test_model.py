@@ -426,8 +426,9 @@ def test_occlusion_matches_one_second_at_a_time_and_ignores_unseen_inputs():
 
 def test_dropout_keeps_each_element_with_probability_1_minus_p() -> None:
     """The CPU dropout mask: keep rate 1 - p for several p (within 5 standard errors over 1M
-    elements at even places and 1M at odd ones), kept values scaled by 1 / (1 - p), the gradient is the same mask,
-    a seed repeats it; identity in eval mode and for p = 0, zeros for p = 1, dtype kept."""
+    elements at even places and 1M at odd ones), kept values scaled by 1 / (1 - p), the
+    gradient is the same mask, a seed repeats it; identity in eval mode and for p = 0, zeros
+    for p = 1, dtype kept."""
     from avmaster.models.blocks import Dropout
 
     n, p = 2_000_001, 0.1

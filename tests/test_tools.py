@@ -89,7 +89,7 @@ def test_cuda_graph_step_equals_eager_steps() -> None:
 def test_graph_difference_tells_a_replay_that_trains_from_one_that_does_not(monkeypatch) -> None:
     """The check :func:`test_cuda_graph_step_equals_eager_steps` relies on, on any device: a
     stand-in for the graph that runs the real step gives no difference, one that skips it a
-    difference as large as the training's own change."""
+    difference of the order of the training's own change."""
     bench = load_bench_train()
     args = bench.parse_args(["--batch", "2", "--seconds", "3", "--dim", "16", "--set",
                              "heads=2"])
