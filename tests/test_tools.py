@@ -95,10 +95,10 @@ def test_graph_difference_tells_a_replay_that_trains_from_one_that_does_not(monk
                              "heads=2"])
 
     def stand_in(trains: bool):
-        def record(train_step, step, opt, batch):
+        def record(run):
             for _ in range(bench.GRAPH_WARMUP):
-                step()
-            return step if trains else (lambda: None)
+                run.step()
+            return run.step if trains else (lambda: None)
         return record
 
     monkeypatch.setattr(bench, "record_graph", stand_in(True))

@@ -182,30 +182,10 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def record_graph(train_step: Callable[[], None], step: Callable[[], None],
-                 opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]
-                 ) -> Callable[[], None]:
-    """Record ``train_step`` (forward, backward, optimiser step) once as a CUDA graph after
-    :data:`GRAPH_WARMUP` runs of ``step`` (the same, then ``zero_grad``) on a side stream; the
-    function returned copies a batch into the graph's inputs (``batch``) and replays it."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(GRAPH_WARMUP):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)  # the recorded backward writes the gradients, not adds to them
-    with torch.cuda.graph(graph):
-        train_step()
-    fresh = {k: v.clone() for k, v in batch.items()}
-
-    def replay() -> None:
-        for k, v in fresh.items():
-            batch[k].copy_(v, non_blocking=True)
-        graph.replay()
-
-    return replay
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA; other devices run synchronously here)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -259,6 +239,30 @@ def setup(args: argparse.Namespace, cfg: ModelConfig) -> Training:
     return Training(model, opt, batch, train_step, step)
 
 
+def record_graph(run: Training) -> Callable[[], None]:
+    """Record ``run.train_step`` once as a CUDA graph after :data:`GRAPH_WARMUP` runs of
+    ``run.step`` on a side stream; the function returned copies a batch into the graph's inputs
+    (``run.batch``) and replays it."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(GRAPH_WARMUP):
+            run.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    run.opt.zero_grad(set_to_none=True)  # the recorded backward writes the gradients, not adds
+    with torch.cuda.graph(graph):
+        run.train_step()
+    fresh = {k: v.clone() for k, v in run.batch.items()}
+
+    def replay() -> None:
+        for k, v in fresh.items():
+            run.batch[k].copy_(v, non_blocking=True)
+        graph.replay()
+
+    return replay
+
+
 def graph_difference(args: argparse.Namespace, steps: int = 2) -> tuple[float, float]:
     """``(difference, moved)``: the largest difference of any parameter between ``GRAPH_WARMUP +
     steps`` steps run eagerly and the same with the last ``steps`` replayed as a CUDA graph,
@@ -277,11 +281,10 @@ def graph_difference(args: argparse.Namespace, steps: int = 2) -> tuple[float, f
     for _ in range(GRAPH_WARMUP + steps):
         eager.step()
     graphed = setup(args, cfg)
-    replay = record_graph(graphed.train_step, graphed.step, graphed.opt, graphed.batch)
+    replay = record_graph(graphed)
     for _ in range(steps):
         replay()
-    if torch.device(args.device).type == "cuda":
-        torch.cuda.synchronize()
+    sync(torch.device(args.device))
     return largest(weights(eager), weights(graphed)), largest(weights(eager), start)
 
 
@@ -292,29 +295,24 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     run = setup(args, model_config(args))
     n_params = count_parameters(run.model)
-    step = run.step
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
     warmup = args.warmup if args.compile == "none" else max(args.warmup, COMPILE_WARMUP)
     for _ in range(warmup):
-        step()
-    sync()
+        run.step()
+    sync(device)
     counter, ops = flop_counter(), OpCounter()
     with counter, ops:  # one more untimed step (the counters slow it down)
-        step()
+        run.step()
     gflop = counter.get_total_flops() / 1e9
-    timed = record_graph(run.train_step, step, run.opt, run.batch) if args.cuda_graph else step
-    sync()
+    timed = record_graph(run) if args.cuda_graph else run.step
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, cpu_times = [], []
     for _ in range(args.steps):
         t0, c0 = time.perf_counter(), time.process_time()
         timed()
-        sync()
+        sync(device)
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
     dt, best, cpu = statistics.median(times), min(times), statistics.median(cpu_times)
@@ -334,9 +332,9 @@ def main(argv: list[str] | None = None) -> None:
         diff, moved = graph_difference(args)
         print(f"graph_max_abs_diff={diff:.3g} eager_max_param_change={moved:.3g}", flush=True)
     if args.matmul_floor:
-        timer = MatmulTimer(sync, args.repeats)
+        timer = MatmulTimer(lambda: sync(device), args.repeats)
         with timer:
-            step()
+            run.step()
         gf = timer.flop / 1e9
         print(f"matmul_gflop={gf:.1f} matmul_in_step_s={timer.in_step:.3f} "
               f"matmul_in_step_gflop_per_s={gf / timer.in_step:.1f} "
