@@ -30,6 +30,7 @@ from avmaster.config import FULL, Config, ConfigError, load_config, switch_keys,
 from avmaster.data.datamodule import AVQADataModule
 from avmaster.data.store import read_settings
 from avmaster.lightning_module import TOP_KEY, AVMasterModule
+from avmaster.malloc import cpu_hint
 from avmaster.metrics import write_results
 from avmaster.models.avmaster import AVMaster
 from avmaster.models.config import InferenceConfig
@@ -269,6 +270,9 @@ def train(cfg: Config) -> TrainResult:
     record = RunRecordCallback(run_record(cfg))
     trainer = build_trainer(cfg, callbacks=[*callbacks, LearningRateMonitor("epoch"), features,
                                             record])
+    if (trainer.is_global_zero and trainer.strategy.root_device.type == "cpu"
+            and (hint := cpu_hint())):
+        log.info(hint)
     resume, step = _resume_point(cfg, ckpt_dir)
     (cfg.run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg.run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")

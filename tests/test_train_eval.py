@@ -13,6 +13,7 @@ from helpers import tiny_overrides
 
 from avmaster.cli import main
 from avmaster.config import load_config
+from avmaster.malloc import cpu_hint
 from avmaster.training import results_name
 
 
@@ -33,6 +34,8 @@ def test_train_resume_eval_score(tiny_run, fixtures, capsys, caplog):
     caplog.clear()
     assert main(["train", *overrides, "trainer.max_epochs=2"]) == 0
     assert f"resuming from {last}" in caplog.text
+    hint = cpu_hint()  # a CPU run with glibc's malloc says how to preload tcmalloc, once
+    assert caplog.text.count(hint) == 1 if hint else "LD_PRELOAD" not in caplog.text
     assert torch.load(last, weights_only=False)["global_step"] == 2 * steps
     metrics = run / "logs" / "metrics.csv"
     assert {"0", "1"} <= _logged_epochs(metrics, "val/avg")  # the resumed log keeps epoch 0

@@ -6,7 +6,9 @@ Prints one line: seconds per step (median and best of ``--steps``), the process'
 per step (median; with one thread less sensitive than wall time to other jobs on a shared
 machine), samples/s (from the median), the step's matmul/attention work (torch's
 ``FlopCounterMode``, counted on one untimed step) and the rate it runs at (per wall and per CPU
-second), and peak memory (CUDA: allocator peak; CPU: peak resident set size of the process).
+second), peak memory (CUDA: allocator peak; CPU: peak resident set size of the process) and the
+process's memory allocator (``malloc=glibc``, or ``tcmalloc`` when preloaded; see
+:mod:`avmaster.malloc`).
 Example::
 
     python tools/bench_train.py --batch 8 --seconds 60 --device cpu --threads 2
@@ -188,6 +190,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def allocator() -> str:
+    """This process's memory allocator (:func:`avmaster.malloc.loaded_allocator`); ``?`` with an
+    earlier version of the package that lacks it (A/B runs load one through ``PYTHONPATH``)."""
+    try:
+        from avmaster.malloc import loaded_allocator
+    except ImportError:
+        return "?"
+    return loaded_allocator()
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -325,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         f"cpu_s={cpu:.3f} "
         f"samples_per_s={args.batch / dt:.2f} gflop={gflop:.1f} gflop_per_s={gflop / dt:.1f} "
         f"gflop_per_cpu_s={gflop / cpu:.1f} "
-        f"peak_mem_mb={peak_memory_mb(device):.0f}",
+        f"peak_mem_mb={peak_memory_mb(device):.0f} malloc={allocator()}",
         flush=True,
     )
     if args.cuda_graph:

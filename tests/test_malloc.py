@@ -1,0 +1,57 @@
+"""Which allocator a process runs with, and the hint a CPU training run gives about tcmalloc."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from avmaster.malloc import allocator_from_maps, cpu_hint, find_tcmalloc
+
+GLIBC_MAPS = """\
+55d0c0a00000-55d0c0a01000 r--p 00000000 08:01 1 /usr/bin/python3.11
+7f1e2a000000-7f1e2a022000 r--p 00000000 08:01 2 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1e2b000000-7f1e2b001000 rw-p 00000000 00:00 0
+7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0 [stack]
+"""
+
+
+def test_allocator_named_by_the_mapped_library():
+    assert allocator_from_maps(GLIBC_MAPS) == "glibc"
+    for lib, name in (("libtcmalloc_minimal.so.4.5.10", "tcmalloc"),
+                      ("libtcmalloc.so.4", "tcmalloc"), ("libjemalloc.so.2", "jemalloc"),
+                      ("libmimalloc.so.2.1", "mimalloc")):
+        line = f"7f1e2c000000-7f1e2c010000 r-xp 00000000 08:01 3 /opt/lib/{lib}\n"
+        assert allocator_from_maps(GLIBC_MAPS + line) == name, lib
+    # a library whose name merely contains an allocator's is not one
+    other = "7f1e2c000000-7f1e2c010000 r-xp 00000000 08:01 3 /opt/lib/libnotjemalloc.so\n"
+    assert allocator_from_maps(GLIBC_MAPS + other) == "glibc"
+
+
+def _in_child(code: str, preload: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if preload:
+        env["LD_PRELOAD"] = preload
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_a_process_without_and_with_tcmalloc_preloaded():
+    code = ("from avmaster.malloc import loaded_allocator, cpu_hint; "
+            "print(loaded_allocator(), '|', cpu_hint())")
+    allocator, hint = _in_child(code, None).split(" | ")
+    assert allocator == "glibc" and "LD_PRELOAD=" in hint
+    found = find_tcmalloc()
+    if found is None:
+        pytest.skip("tcmalloc is not installed here (apt install libtcmalloc-minimal4)")
+    assert f"start the command with LD_PRELOAD={found}" in hint
+    assert _in_child(code, found) == "tcmalloc | None"
+
+
+def test_hint_says_how_to_install_when_tcmalloc_is_missing(monkeypatch):
+    monkeypatch.setattr("avmaster.malloc.loaded_allocator", lambda: "glibc")
+    monkeypatch.setattr("avmaster.malloc.find_tcmalloc", lambda: None)
+    assert "apt install libtcmalloc-minimal4" in cpu_hint()
+    monkeypatch.setattr("avmaster.malloc.loaded_allocator", lambda: "unknown")
+    assert cpu_hint() is None
