@@ -21,6 +21,10 @@ DEFAULT_CODECS = {".webm": ("libvpx", "libopus")}  # (video, audio) per suffix; 
 FALLBACK_CODECS = ("libx264", "aac")
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 FPS_DENOMINATOR_LIMIT = 1001  # enough for NTSC rates such as 30000/1001
+X264_DEFAULTS = {"x264-params": "mbtree=0"}
+"""x264's macroblock-tree rate control reads uninitialised memory on small flat frames such as
+the demo's (the output changes with glibc's ``MALLOC_PERTURB_``), so the same frames encoded to
+different pixels in different processes; without it every file is reproducible."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,8 @@ def write_video(
 
     Codecs default to H.264 + AAC (VP8 + Opus for ``.webm``, whose rates Opus limits).
     Odd frame sizes use ``yuv444p`` (4:2:0 needs even sizes). ``options`` go to the video
-    encoder (e.g. ``{"preset": "ultrafast", "g": "250", "bf": "3"}``).
+    encoder (e.g. ``{"preset": "ultrafast", "g": "250", "bf": "3"}``); for libx264 they are
+    added to :data:`X264_DEFAULTS` (an ``x264-params`` of their own replaces it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +143,8 @@ def write_video(
     if first is None:
         raise ValueError("write_video needs at least one frame")
     height, width = first.shape[:2]
+    if video_codec == "libx264":
+        options = {**X264_DEFAULTS, **(options or {})}
     with av.open(str(path), "w") as out:
         vs = out.add_stream(video_codec, rate=_rate(fps), options=options or {})
         vs.width, vs.height = width, height
