@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,24 @@ def test_hint_says_how_to_install_when_tcmalloc_is_missing(monkeypatch):
     assert "apt install libtcmalloc-minimal4" in cpu_hint()
     monkeypatch.setattr("avmaster.malloc.loaded_allocator", lambda: "unknown")
     assert cpu_hint() is None
+
+
+def test_tcmalloc_changes_no_arithmetic():
+    """Three training steps of a small model give bit-identical parameters with tcmalloc
+    preloaded and without (README, "Training-step speed on CPU")."""
+    found = find_tcmalloc()
+    if found is None or not sys.platform.startswith("linux"):
+        pytest.skip("tcmalloc is not installed here (apt install libtcmalloc-minimal4)")
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    code = (
+        f"import hashlib, sys, torch; sys.path.insert(0, {str(tools)!r}); "
+        "import bench_train as bt; torch.set_num_threads(1); "
+        "args = bt.parse_args('--batch 4 --seconds 6 --words 5 --dim 32 --visual-dim 24 "
+        "--audio-dim 16 --text-dim 20 --answers 7'.split()); "
+        "run = bt.setup(args, bt.model_config(args)); h = hashlib.sha256()\n"
+        "for _ in range(3): run.step()\n"
+        "for p in run.model.parameters(): h.update(p.detach().numpy().tobytes())\n"
+        "print(h.hexdigest())"
+    )
+    plain = _in_child(code, None)
+    assert len(plain) == 64 and plain == _in_child(code, found)
