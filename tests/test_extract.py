@@ -593,3 +593,27 @@ def test_remerge_counts_and_strict_exit_status(single_run: Path, tmp_path: Path,
     assert main(["--out", str(out), "--merge", "--strict", *TINY]) == 3
     err = capsys.readouterr().err
     assert f"{len(FAILED) + 1} videos have no features" in err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's MALLOC_PERTURB_")
+def test_extraction_reads_no_uninitialised_memory(media, tmp_path):
+    """Decoding, resampling and both encoders give bit-identical features in processes whose
+    fresh memory holds different bytes (glibc's ``MALLOC_PERTURB_``): extracting twice gives the
+    same files' arrays."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("plain", "fps7_odd", "stereo44k"):
+        shutil.copy(media[name], videos / media[name].name)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    outs = []
+    for perturb in ("165", "77"):
+        out = tmp_path / f"out{perturb}"
+        subprocess.run([sys.executable, "-m", "avmaster.cli", "extract", "--videos", str(videos),
+                        "--out", str(out), *TINY], check=True, capture_output=True,
+                       env={**env, "MALLOC_PERTURB_": perturb})
+        outs.append(feature_paths(tiny_config(out)))
+    for modality in ("visual", "audio"):
+        first, second = (read_all(getattr(paths, modality)) for paths in outs)
+        assert sorted(first) == sorted(second) and len(first) == 3, modality
+        for vid, arr in first.items():
+            assert np.array_equal(arr, second[vid]), (modality, vid)
