@@ -1,10 +1,10 @@
 """The import graph of the package: no cycle, and no module importing a higher layer.
 
-Layers, lowest first: the base (package root, atomic writes, paths, statistics); the file formats
-(question records, the answer vocabulary, the data settings, annotation loading, the HDF5
-feature store: what feature extraction reads and writes); extraction; data loading (tables,
-batch, dataset, datamodule); models; training (config, losses, metrics, LightningModule, the
-loop); reports and the command line.
+Layers, lowest first: the base (package root, atomic writes, paths, statistics, the memory
+allocator's name); the file formats (question records, the answer vocabulary, the data
+settings, annotation loading, the HDF5 feature store: what feature extraction reads and
+writes); extraction; data loading (tables, batch, dataset, datamodule); models; training
+(config, losses, metrics, LightningModule, the loop); reports and the command line.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import avmaster
 
 PACKAGE = Path(avmaster.__file__).parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [  # (name, module prefixes), lowest first
-    ("base", ("avmaster", "avmaster.atomic", "avmaster.paths", "avmaster.stats")),
+    ("base", ("avmaster", "avmaster.atomic", "avmaster.paths", "avmaster.stats",
+              "avmaster.malloc")),
     ("formats", ("avmaster.data.records", "avmaster.data.vocab", "avmaster.data.config",
                  "avmaster.data.annotations", "avmaster.data.store")),
     ("extract", ("avmaster.extract",)),

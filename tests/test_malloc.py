@@ -27,6 +27,8 @@ def test_allocator_named_by_the_mapped_library():
     # a library whose name merely contains an allocator's is not one
     other = "7f1e2c000000-7f1e2c010000 r-xp 00000000 08:01 3 /opt/lib/libnotjemalloc.so\n"
     assert allocator_from_maps(GLIBC_MAPS + other) == "glibc"
+    musl = GLIBC_MAPS.replace("/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib/ld-musl-x86_64.so.1")
+    assert allocator_from_maps(musl) == "system"
 
 
 def _in_child(code: str, preload: str | None, extra: dict[str, str] | None = None) -> str:
