@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,8 +26,8 @@ def _module(tmp_path, fixtures, **over) -> AVQADataModule:
                      test=[files["test"]], answers="music_avqa_answers.json",
                      features_dir=str(tmp_path), visual_features=paths["visual"].name,
                      audio_features=paths["audio"].name, text_features=paths["text"].name,
-                     seconds=6, batch_size=8, eval_batch_size=16, num_workers=0,
-                     pin_memory=False, **over)
+                     seconds=6, batch_size=8, eval_batch_size=16,
+                     **{"num_workers": 0, "pin_memory": False, **over})
     return AVQADataModule(cfg)
 
 
@@ -91,3 +92,15 @@ def test_vocab_from_train_when_no_answer_file(tmp_path, fixtures):
     dm.cfg.answers = None
     dm.setup("fit")
     assert set(dm.vocab.answers) == {r.answer for r in dm.load_split("train").records}
+
+
+def test_memory_is_pinned_only_for_a_gpu(tmp_path, fixtures):
+    """``data.pin_memory`` applies where batches go to a GPU; on a CPU it would only warn."""
+    dm = _module(tmp_path, fixtures, pin_memory=True)
+    dm.setup("fit")
+    assert dm.train_dataloader().pin_memory == torch.cuda.is_available()  # no trainer
+    for device, pinned in (("cpu", False), ("cuda", True)):
+        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+        assert dm.train_dataloader().pin_memory is pinned, device
+    dm.cfg.pin_memory = False
+    assert dm.val_dataloader().pin_memory is False

@@ -42,7 +42,7 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
     num_workers: int = 2
-    pin_memory: bool = True
+    pin_memory: bool = True  # page-locked batches, where they go to a GPU
 
     def __post_init__(self) -> None:
         if self.segments is not None and not 1 <= self.segments <= self.seconds:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from avmaster.data.annotations import (
@@ -173,6 +174,15 @@ class AVQADataModule(L.LightningDataModule):
                 self.dataset(s)
 
     # -- loaders -------------------------------------------------------------------------
+    def _pin_memory(self) -> bool:
+        """``data.pin_memory`` where batches go to a GPU: the trainer's device, or without a
+        trainer whether CUDA is available (pinning for a CPU only warns, once per loader)."""
+        if not self.cfg.pin_memory:
+            return False
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
+
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
         c = self.cfg
         return DataLoader(
@@ -181,7 +191,7 @@ class AVQADataModule(L.LightningDataModule):
             shuffle=shuffle,
             num_workers=c.num_workers,
             collate_fn=_identity,  # QADataset.__getitems__ already collates
-            pin_memory=c.pin_memory,
+            pin_memory=self._pin_memory(),
             persistent_workers=c.num_workers > 0,
             drop_last=False,
         )
