@@ -285,6 +285,12 @@ def test_write_dataset_makes_real_videos_and_reuses_them(tmp_path):
         assert {e["anser"] for e in json.loads(path.read_text())} <= set(answers)
     again = write_dataset(tmp_path, cfg)
     assert again.reused and again.questions == ds.questions
+    # videos written with other encoder settings (a manifest without them) are written anew
+    manifest = tmp_path / "synth.json"
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items()
+                                    if k != "encoder"}))
+    assert not write_dataset(tmp_path, cfg).reused
+    assert write_dataset(tmp_path, cfg).reused
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -32,6 +32,7 @@ from avmaster.demo.scene import (
     SynthConfig,
     sample_scenes,
 )
+from avmaster.extract.synth_media import X264_DEFAULTS
 
 ANNOTATION_NAME = "avqa-{split}.json"
 ANSWERS_NAME = "answers.json"
@@ -60,8 +61,9 @@ def _is_current(root: Path, cfg: SynthConfig, scenes: Sequence[Scene]) -> bool:
     if not manifest.exists():
         return False
     try:
-        if json.loads(manifest.read_text()).get("settings") != cfg.settings():
-            return False
+        written = json.loads(manifest.read_text())
+        if written.get("settings") != cfg.settings() or written.get("encoder") != X264_DEFAULTS:
+            return False  # another dataset, or videos written with other encoder settings
     except json.JSONDecodeError:
         return False
     files = [root / ANNOTATION_NAME.format(split=s) for s in SPLITS]
@@ -104,6 +106,7 @@ def write_dataset(root: Path | str, cfg: SynthConfig | None = None,
         (root / ANSWERS_NAME).write_text(json.dumps(answers, indent=1) + "\n")
         (root / SCENES_NAME).write_text(json.dumps([s.to_dict() for s in scenes]) + "\n")
         (root / MANIFEST_NAME).write_text(json.dumps({"settings": cfg.settings(),
+                                                      "encoder": X264_DEFAULTS,
                                                       "questions": counts}, indent=1) + "\n")
     return SynthDataset(root, root / VIDEO_DIR, annotations, root / ANSWERS_NAME, scenes,
                         counts, reused)
