@@ -1,5 +1,6 @@
 """Run the demo (``avmaster demo``) with fixed seeds; print one line: AV-Master's and the
-question-only model's overall test accuracy, the margin between them and the wall time.
+question-only model's overall test accuracy, the margin between them, the wall time and the
+process's memory allocator (``malloc=``; see :mod:`avmaster.malloc`).
 
     python tools/bench_demo.py [--quick] [--out DIR] [--seed 0] [--min-margin 15]
 
@@ -17,6 +18,7 @@ import time
 
 from avmaster.demo import DemoSettings, run_demo
 from avmaster.demo.pipeline import FULL, QUESTION_ONLY
+from avmaster.malloc import loaded_allocator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo{' --quick' if args.quick else ''} seed={settings.seed} videos={settings.videos} "
           f"epochs={settings.epochs} avmaster_avg={full:.2f} question_only_avg={qo:.2f} "
           f"margin={result.margin:.2f} wall_s={wall:.0f} ({stages}) "
-          f"encoders={'pretrained' if settings.pretrained else 'random'}", flush=True)
+          f"encoders={'pretrained' if settings.pretrained else 'random'} "
+          f"malloc={loaded_allocator()}", flush=True)
     return 0 if result.margin > args.min_margin else 1
 
 
