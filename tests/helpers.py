@@ -4,6 +4,7 @@ folders, notebook runs, and the tiny-model settings of end-to-end runs."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -279,3 +280,13 @@ def run_ddp_script(root: Path) -> Path:
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     return root
+
+
+def child_env(preload: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a child process: this one's, with ``LD_PRELOAD`` set to ``preload``
+    (removed when ``None``: the child uses the C library's allocator, where glibc's
+    ``MALLOC_PERTURB_`` applies) and ``extra`` added."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | extra
+    if preload:
+        env["LD_PRELOAD"] = preload
+    return env

@@ -4,7 +4,6 @@ quick demo end to end."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -14,6 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from helpers import child_env
 
 from avmaster.data.annotations import load_annotations
 from avmaster.data.records import MUSIC_AVQA_TYPES
@@ -379,12 +379,11 @@ def test_videos_do_not_depend_on_uninitialised_memory(tmp_path):
         "print(' '.join(hashlib.md5(write_scene_video(s, cfg, out / f'{s.video_id}.mp4')"
         ".read_bytes()).hexdigest() for s in sample_scenes(cfg)))"
     )
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     hashes = []
     for perturb in ("165", "77"):
         out = tmp_path / perturb
         out.mkdir()
         run = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True,
-                             text=True, check=True, env={**env, "MALLOC_PERTURB_": perturb})
+                             text=True, check=True, env=child_env(MALLOC_PERTURB_=perturb))
         hashes.append(run.stdout.split())
     assert len(hashes[0]) == 8 and hashes[0] == hashes[1]

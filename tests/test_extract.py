@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import child_env
 from media import CASES, FAILED, GOOD, SECONDS, make_media, write_annotations
 
 from avmaster.data.store import TextFeatures, VideoFeatures, atomic_h5, write_video_features
@@ -604,13 +605,12 @@ def test_extraction_reads_no_uninitialised_memory(media, tmp_path):
     videos.mkdir()
     for name in ("plain", "fps7_odd", "stereo44k"):
         shutil.copy(media[name], videos / media[name].name)
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     outs = []
     for perturb in ("165", "77"):
         out = tmp_path / f"out{perturb}"
         subprocess.run([sys.executable, "-m", "avmaster.cli", "extract", "--videos", str(videos),
                         "--out", str(out), *TINY], check=True, capture_output=True,
-                       env={**env, "MALLOC_PERTURB_": perturb})
+                       env=child_env(MALLOC_PERTURB_=perturb))
         outs.append(feature_paths(tiny_config(out)))
     for modality in ("visual", "audio"):
         first, second = (read_all(getattr(paths, modality)) for paths in outs)

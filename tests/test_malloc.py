@@ -1,11 +1,11 @@
 """Which allocator a process runs with, and the hint a CPU training run gives about tcmalloc."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import child_env
 
 from avmaster.malloc import allocator_from_maps, cpu_hint, find_tcmalloc
 
@@ -31,12 +31,9 @@ def test_allocator_named_by_the_mapped_library():
     assert allocator_from_maps(musl) == "system"
 
 
-def _in_child(code: str, preload: str | None, extra: dict[str, str] | None = None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | (extra or {})
-    if preload:
-        env["LD_PRELOAD"] = preload
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, check=True).stdout.strip()
+def _in_child(code: str, preload: str | None, **extra: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], env=child_env(preload, **extra),
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
@@ -83,8 +80,8 @@ def test_training_reads_no_uninitialised_memory(precision):
     parameters after three steps bit-identical: every buffer the step allocates, the manual
     scan's included, is written before it is read."""
     code = _steps_code(precision)
-    first = _in_child(code, None, {"MALLOC_PERTURB_": "165"})
-    assert len(first) == 64 and first == _in_child(code, None, {"MALLOC_PERTURB_": "77"})
+    first = _in_child(code, None, MALLOC_PERTURB_="165")
+    assert len(first) == 64 and first == _in_child(code, None, MALLOC_PERTURB_="77")
 
 
 def test_tcmalloc_changes_no_arithmetic():

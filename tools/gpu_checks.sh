@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's GPU figures in one run (training step, loader, extraction), the most wanted first
-# (a run cut short still reports them; the time limits of its commands add up to 28 minutes). Writes gpu_checks.log (and one JSON line per benchmark) to
-# the folder given, default $OUT or /tmp/gpu_checks.
+# (a run cut short still reports them; the time limits of its commands add up to 28 minutes).
+# Writes gpu_checks.log (and one JSON line per benchmark) to the folder given, default $OUT or
+# /tmp/gpu_checks.
 #
 #   bash tools/gpu_checks.sh [FOLDER]          # on the GPU machine, from the repository root
 #   SMOKE=1 PYTHON=.venv/bin/python bash tools/gpu_checks.sh /tmp/gc   # tiny sizes, on CPU
