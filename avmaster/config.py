@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 PAPER_KEY = "paper"  # an ablation preset's paper rows: metadata, not merged into the run
 DEPRECATED_KEY = "deprecated"  # a preset kept for old commands: the warning it prints when used
 RECORDED = ("presets", "overrides")  # written by load_config, never set by the user
+GRAPH_REFUSED_PRECISIONS = ("16-mixed", "16", 16)  # loss scaling steps outside a graph
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -77,6 +78,9 @@ class Config:
     resume: bool = True
     compile: bool = False  # torch.compile each block of the model
     compile_mode: str | None = None  # torch.compile's mode (COMPILE_MODES); None: its default
+    # record each training step's forward and backward once as a CUDA graph and replay it
+    # (avmaster/step_graph.py): one CUDA device; pads questions to the split's longest
+    cuda_graph: bool = False
     save_predictions: bool = True
     variants: list[str] = field(default_factory=list)  # eval: configs/variants/ names
     presets: list[str] = field(default_factory=list)  # recorded: "ablation=NAME", "data=NAME"
@@ -89,6 +93,13 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
+        if self.cuda_graph and self.compile:
+            raise ValueError("cuda_graph=true and compile=true exclude each other (for "
+                             "compiled CUDA graphs: compile=true compile_mode=reduce-overhead)")
+        if self.cuda_graph and self.trainer.precision in GRAPH_REFUSED_PRECISIONS:
+            raise ValueError(f"cuda_graph=true records the backward without loss scaling; "
+                             f"trainer.precision={self.trainer.precision} needs it: use "
+                             "bf16-mixed or 32-true")
         if self.compile_mode is None:
             return
         if self.compile_mode not in COMPILE_MODES:

@@ -9,7 +9,7 @@ type by the table of ``trainer.datamodule.spec`` when the datamodule has one
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -32,6 +32,7 @@ from avmaster.models.config import (
     OptimConfig,
     to_dataclass,
 )
+from avmaster.step_graph import CUDARecorder, Recorder, StepGraph
 
 TOP_K = 5  # answers kept per question by predict (and written to predictions files)
 TOP_KEY = "top5"  # their key in predict outputs and predictions files (a stable file format)
@@ -130,6 +131,7 @@ class AVMasterModule(L.LightningModule):
         self.answers = answers
         self.inference = InferenceConfig()  # how evaluation and prediction combine the paths
         self.metrics = nn.ModuleDict()  # per evaluation stage; made in setup()
+        self.step_graph: StepGraph | None = None  # see use_step_graph()
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """Features travel in their stored dtype (float16: half the copy and transfer cost);
@@ -140,10 +142,32 @@ class AVMasterModule(L.LightningModule):
         return self.model(batch, readout_step=self.inference.readout_step)
 
     # -- training --------------------------------------------------------------------------
+    def use_step_graph(self, recorder: Callable[[], Recorder] = CUDARecorder) -> StepGraph:
+        """Train with each step's forward, losses and backward recorded once as a CUDA graph
+        and replayed (:mod:`avmaster.step_graph`; ``cuda_graph=true``). The optimiser step,
+        its schedule and Lightning's hooks stay as they are, except that :meth:`backward` and
+        :meth:`optimizer_zero_grad` leave the gradients to the graph."""
+        self.step_graph = StepGraph(self.model, self._losses, recorder)
+        return self.step_graph
+
+    def _losses(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        return self.criterion(model(batch), batch["label"])
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        losses = self.criterion(self.model(batch), batch["label"])
+        if self.step_graph is not None:
+            losses = self.step_graph(batch)
+        else:
+            losses = self._losses(self.model, batch)
         self._log_losses("train", losses, batch["label"].shape[0])
         return losses["loss"]
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        if self.step_graph is None:  # with a step graph the training step ran backward itself
+            super().backward(loss, *args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        if self.step_graph is None:  # a step graph overwrites (or zeroes) the gradients
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt, sched = build_optimizer(self.parameters(), self.optim_cfg)

@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,10 @@ def build_trainer(cfg: Config, *, logs: bool = True, callbacks: list | None = No
     run_dir = cfg.run_dir
     loggers = [AppendingCSVLogger(run_dir, name="logs", version=""),
                TensorBoardLogger(run_dir, name="tb", version="")] if logs else False
-    return L.Trainer(**asdict(cfg.trainer), default_root_dir=run_dir, logger=loggers,
+    args = asdict(cfg.trainer)
+    if not cfg.data.val:  # nothing to validate on
+        args["limit_val_batches"] = 0
+    return L.Trainer(**args, default_root_dir=run_dir, logger=loggers,
                      callbacks=callbacks or [], plugins=[AtomicCheckpointIO()])
 
 
@@ -244,11 +247,15 @@ class TrainResult:
     test: dict[str, float] | None
 
 
-def train(cfg: Config) -> TrainResult:
+def train(cfg: Config, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
     """Fit on ``data.train``, select on ``data.val``, resume from the newest readable checkpoint
     (``last.ckpt``, written at the end of every epoch) when present, then evaluate the best
-    checkpoint on ``data.test`` (when listed)."""
+    checkpoint on ``data.test`` (when listed). ``callbacks``: more Lightning callbacks."""
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.cuda_graph and cfg.data.question_padding != "split":
+        log.info("cuda_graph=true: question tokens are padded to each split's longest question "
+                 "(data.question_padding=split), so that every batch has one shape")
+        cfg.data.question_padding = "split"
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     ckpt_dir = cfg.run_dir / "checkpoints"
@@ -266,13 +273,20 @@ def train(cfg: Config) -> TrainResult:
         "seconds": cfg.data.seconds,
         "segments": cfg.data.segments,
     })
-    callbacks = [c for c in (best, last) if c is not None]
+    checkpoints = [c for c in (best, last) if c is not None]
     record = RunRecordCallback(run_record(cfg))
-    trainer = build_trainer(cfg, callbacks=[*callbacks, LearningRateMonitor("epoch"), features,
-                                            record])
+    trainer = build_trainer(cfg, callbacks=[*checkpoints, LearningRateMonitor("epoch"), features,
+                                            record, *callbacks])
     if (trainer.is_global_zero and trainer.strategy.root_device.type == "cpu"
             and (hint := cpu_hint())):
         log.info(hint)
+    if cfg.cuda_graph:
+        device = trainer.strategy.root_device
+        if device.type != "cuda" or trainer.world_size != 1:
+            raise ConfigError(f"cuda_graph=true needs one CUDA device, but this run trains on "
+                              f"{trainer.world_size} x {device.type}: set trainer.devices=1 on a "
+                              "machine with a GPU, or cuda_graph=false")
+        module.use_step_graph()
     resume, step = _resume_point(cfg, ckpt_dir)
     (cfg.run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg.run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # (name, module prefixes), lowest
     ("models", ("avmaster.models",)),
     ("training", ("avmaster.config", "avmaster.losses", "avmaster.metrics",
                   "avmaster.lightning_module", "avmaster.training", "avmaster.variants",
-                  "avmaster.seeds")),
+                  "avmaster.seeds", "avmaster.step_graph")),
     ("reports/CLI", ("avmaster.reports", "avmaster.scoring", "avmaster.compare",
                      "avmaster.inference", "avmaster.predict", "avmaster.explain",
                      "avmaster.attribution", "avmaster.probe",

@@ -171,3 +171,19 @@ def test_focus_memory_on_a_checkpoint(tiny_run, monkeypatch, capsys) -> None:
     run_tool("focus_memory.py", ["--videos", "3", "--reinit", *tiny_run.overrides,
                                  f"ckpt={tiny_run.ckpt}"], monkeypatch)
     assert capsys.readouterr().out.strip()
+
+
+def test_bench_fit_trains_without_validation_and_prints_throughput(monkeypatch, capsys,
+                                                                    tmp_path) -> None:
+    """``avmaster train`` on the synthetic dataset (no val or test split); the timed batches
+    are the last ``--batches``; a second run reuses the dataset written under ``--work``."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    args = ["--batch", "4", "--seconds", "3", "--dims", "8", "6", "8", "--videos", "6",
+            "--warmup", "1", "--batches", "2", "--workers", "0", "--work", str(tmp_path),
+            "--set", "model.dim=16", "model.heads=2"]
+    for _ in range(2):
+        run_tool("bench_fit.py", args, monkeypatch)
+        fields = dict(kv.split("=", 1) for kv in capsys.readouterr().out.split()
+                      if "=" in kv and not kv.startswith("model."))
+        assert float(fields["samples_per_s"]) > 0 and fields["timed_batches"] == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["v6_q12_t3_8-6-8"]

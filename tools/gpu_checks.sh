@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The README's GPU figures in one run (training step, loader, extraction), the most wanted first
-# (a run cut short still reports them; the time limits of its commands add up to 28 minutes).
+# The README's GPU figures in one run (training step, `avmaster train`, loader, extraction), the
+# most wanted first: a run cut short still reports them (the time limits of its commands add up
+# to 40 minutes; the first four take at most 10).
 # Writes gpu_checks.log (and one JSON line per benchmark) to the folder given, default $OUT or
 # /tmp/gpu_checks.
 #
@@ -26,10 +27,12 @@ fi
 
 if [ "${SMOKE:-0}" = 1 ]; then  # the same commands at sizes a CPU runs in seconds
     device=cpu precision=32 batches=(4) dim=(--dim 32) seconds=4 steps=(--warmup 1 --steps 1)
+    dim_set=(model.dim=32) fit_size=(--videos 10 --warmup 1 --batches 2 --workers 0)
     clip=avmaster-tiny videos=2 video_s=4 loader=(--videos 20 --questions 200 --batches 5)
 else
     device=cuda precision=bf16-mixed batches=(32 128) dim=() seconds=60
     steps=(--warmup 5 --steps 20) clip=ViT-L-14-336 videos=48 video_s=60
+    dim_set=() fit_size=(--videos 500 --warmup 10 --batches 50 --workers 4)
     loader=(--batches 200)
 fi
 
@@ -50,6 +53,17 @@ train=("$PYTHON" tools/bench_train.py --device "$device" --precision "$precision
     --seconds "$seconds" "${dim[@]}" "${steps[@]}")
 # most wanted first: a run cut short still reports them
 run 150 "${train[@]}" --batch "${batches[0]}" --matmul-floor  # each product in the step and alone
+# the tests that need a GPU: the CUDA graph of the training step against eager steps
+run 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_step_graph.py tests/test_tools.py \
+    -k "cuda or graph"
+# `avmaster train` itself (loader, step, optimiser, Lightning): with the step's CUDA graph, then
+# eager; the synthetic dataset is written once per size
+fit=("$PYTHON" tools/bench_fit.py --device "$device" --seconds "$seconds" "${fit_size[@]}"
+    --work /tmp/gpu_fit --set trainer.precision="$precision" "${dim_set[@]}")
+for b in "${batches[@]}"; do
+    [ "$device" = cuda ] && run 150 "${fit[@]}" cuda_graph=true --batch "$b"
+done
+run 150 "${fit[@]}" --batch "${batches[0]}"
 if [ "$device" = cuda ]; then  # the whole step recorded once as a CUDA graph, then replayed
     for b in "${batches[@]}"; do
         run 150 "${train[@]}" --batch "$b" --cuda-graph

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from avmaster.data.annotations import HeadTailGroup
 
+QUESTION_PADDINGS = ("batch", "split")
+
 
 @dataclass
 class DataConfig:
@@ -43,8 +45,14 @@ class DataConfig:
     eval_batch_size: int = 128
     num_workers: int = 2
     pin_memory: bool = True  # page-locked batches, where they go to a GPU
+    # question tokens padded to the batch's longest question ("batch") or to the split's
+    # ("split": every batch of a split has one shape, as a replayed CUDA graph needs)
+    question_padding: str = "batch"
 
     def __post_init__(self) -> None:
+        if self.question_padding not in QUESTION_PADDINGS:
+            raise ValueError(f"data.question_padding must be one of {QUESTION_PADDINGS}, got "
+                             f"{self.question_padding!r}")
         if self.segments is not None and not 1 <= self.segments <= self.seconds:
             raise ValueError(f"data.segments={self.segments} must be between 1 and "
                              f"data.seconds={self.seconds} (or null for all of them)")

@@ -140,7 +140,8 @@ class AVQADataModule(L.LightningDataModule):
             records = split.records
             if self.cfg.skip_videos_without_features:
                 records = self._leave_out_videos_without_features(stage, records)
-            ds = QADataset(records, vocab, *self.stores(), self.spec, self.cfg.segments)
+            ds = QADataset(records, vocab, *self.stores(), self.spec, self.cfg.segments,
+                           self.cfg.question_padding)
             if ds.num_unknown:
                 what = "left out of the losses" if stage == "train" else "scored as wrong"
                 log.warning("%s: %d of %d answers are outside the answer vocabulary; %s",
@@ -199,8 +200,10 @@ class AVQADataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation loader; none (``[]``: Lightning validates nothing) without
+        ``data.val``."""
+        return self._loader("val", shuffle=False) if self.load_split("val") is not None else []
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

@@ -418,10 +418,17 @@ class TextFeatures:
         return TextFeature(self._sentences(np.array([r]))[0].astype(np.float32),
                            np.asarray(self._token_rows(r), dtype=np.float32))
 
-    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``sentence [B, D]``, ``tokens [B, L, D]`` zero-padded, ``mask [B, L]`` (float32/bool)."""
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        """Token counts of the texts at ``rows``."""
+        return self._length[rows]
+
+    def take(self, rows: np.ndarray, length: int = 1
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``sentence [B, D]``, ``tokens [B, L, D]`` zero-padded, ``mask [B, L]`` (float32/bool);
+        L is the longest of these texts, or ``length`` when that is longer."""
         lengths = self._length[rows]
-        tokens = np.zeros((len(rows), int(lengths.max(initial=1)), self.dim), dtype=np.float32)
+        tokens = np.zeros((len(rows), max(int(lengths.max(initial=1)), length), self.dim),
+                          dtype=np.float32)
         mask = np.zeros(tokens.shape[:2], dtype=bool)
         for b, (r, n) in enumerate(zip(rows, lengths, strict=True)):
             tokens[b, :n] = self._token_rows(int(r))

@@ -1,0 +1,137 @@
+"""Training throughput of ``avmaster train`` itself (loader, step, optimiser, Lightning).
+
+    python tools/bench_fit.py --device cuda --batch 32 \
+        --set trainer.precision=bf16-mixed cuda_graph=true
+
+Writes MUSIC-AVQA-sized synthetic features (``make_dataset`` of ``tools/bench_loader.py``) to a
+temporary folder (or ``--work``), trains one epoch of ``--warmup + --batches`` batches with the
+run's own code (:func:`avmaster.training.train`, no validation or test) and prints one line:
+samples/s over the last ``--batches`` batches (wall time from the start of the first to the end
+of the last, the device synchronised at both ends), peak memory and the memory allocator.
+``--set`` takes ``avmaster train`` overrides (``cuda_graph=true``,
+``trainer.precision=bf16-mixed``, ``model.dim=...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import resource
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from bench_loader import make_dataset
+
+from avmaster.config import ConfigError, load_config
+from avmaster.malloc import loaded_allocator
+from avmaster.training import train
+
+
+class BatchTimer(L.Callback):
+    """Wall time and samples from the start of batch ``skip`` to the end of batch ``last``."""
+
+    def __init__(self, skip: int, last: int):
+        self.skip, self.last = skip, last
+        self.samples, self.start, self.end = 0, 0.0, 0.0
+
+    @staticmethod
+    def _sync(module: L.LightningModule) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
+        if batch_idx == self.skip:
+            self._sync(module)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx >= self.skip:
+            self.samples += int(batch["label"].shape[0])
+        if batch_idx == self.last:
+            self._sync(module)
+            self.end = time.perf_counter()
+
+
+def dataset(work: Path, videos: int, questions: int, seconds: int, dims: tuple[int, ...]
+            ) -> dict[str, str]:
+    """The synthetic dataset's overrides, written under ``work`` unless it is there (a
+    folder per size, so that runs of one size share it)."""
+    folder = work / f"v{videos}_q{questions}_t{seconds}_{'-'.join(map(str, dims))}"
+    done = folder / "complete"
+    if not done.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        files = make_dataset(folder, videos, questions, seconds, dims)
+        done.write_text(json.dumps(files))
+    return {**json.loads(done.read_text()), "folder": str(folder), "features_dir": str(folder)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="trainer.accelerator (cpu, cuda, ...)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batches", type=int, default=100, help="timed batches")
+    p.add_argument("--warmup", type=int, default=10, help="untimed batches before them")
+    p.add_argument("--seconds", type=int, default=60, help="T")
+    p.add_argument("--dims", type=int, nargs=3, default=(768, 128, 768),
+                   help="visual, audio, text feature sizes")
+    p.add_argument("--videos", type=int, default=500)
+    p.add_argument("--workers", type=int, default=2, help="data.num_workers")
+    p.add_argument("--work", default=None,
+                   help="keep the synthetic dataset here for later runs (default: a temporary "
+                        "folder)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="avmaster train overrides")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for name in ("lightning.pytorch", "lightning.fabric", "avmaster"):  # one line of output
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    n = args.warmup + args.batches
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        files = dataset(Path(args.work) if args.work else root, args.videos, n * args.batch,
+                        args.seconds, tuple(args.dims))
+        accelerator = "gpu" if args.device == "cuda" else args.device
+        overrides = [
+            f"data.annotations_dir={files.pop('folder')}", "data.train=[train.json]",
+            "data.val=[]", "data.test=[]", f"data.features_dir={files.pop('features_dir')}",
+            f"data.seconds={args.seconds}",
+            f"data.batch_size={args.batch}", f"data.num_workers={args.workers}",
+            *(f"data.{k}={v}" for k, v in files.items()), f"output_dir={root / 'runs'}",
+            "name=bench", "trainer.max_epochs=1", f"trainer.limit_train_batches={n}",
+            f"trainer.accelerator={accelerator}", "trainer.devices=1",
+            "trainer.enable_progress_bar=false", *args.set]
+        timer = BatchTimer(args.warmup, n - 1)
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # Lightning's model summary
+                train(load_config(overrides=overrides), callbacks=[timer])
+        except ConfigError as e:
+            print(f"bench_fit: error: {e}", file=sys.stderr)
+            return 2
+    seconds = timer.end - timer.start
+    if args.device == "cuda":
+        peak = f"cuda_max_allocated_mb={torch.cuda.max_memory_allocated() / 2**20:,.0f}"
+    else:
+        peak = f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f}"
+    print(f"fit device={args.device} batch={args.batch} T={args.seconds} "
+          f"timed_batches={args.batches} set={' '.join(args.set) or '-'} "
+          f"samples_per_s={timer.samples / seconds:,.1f} s_per_batch={seconds / args.batches:.4f} "
+          f"{peak} malloc={loaded_allocator()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
