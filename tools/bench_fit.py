@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -60,6 +61,22 @@ class BatchTimer(L.Callback):
             self.end = time.perf_counter()
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Without the run's logs, warnings and Lightning's model summary (one line of output)."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "avmaster")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
 def dataset(work: Path, videos: int, questions: int, seconds: int, dims: tuple[int, ...]
             ) -> dict[str, str]:
     """The synthetic dataset's overrides, written under ``work`` unless it is there (a
@@ -94,9 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for name in ("lightning.pytorch", "lightning.fabric", "avmaster"):  # one line of output
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
     n = args.warmup + args.batches
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -116,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # Lightning's model summary
+            with quiet():
                 train(load_config(overrides=overrides), callbacks=[timer])
         except ConfigError as e:
             print(f"bench_fit: error: {e}", file=sys.stderr)
