@@ -67,10 +67,10 @@ class StepGraph:
     """``step(batch) -> losses``: forward, ``loss_fn`` and backward of ``model`` for a batch,
     eager for the first ``warmup`` batches, then recorded once (``recorder``) and replayed.
 
-    ``loss_fn(model, batch)`` returns the losses dict (``"loss"``: the total). The returned
-    losses are detached copies. After a step the trainable parameters' ``.grad`` hold the
-    batch's gradients; the caller runs the optimiser step and must not zero them (the next step
-    overwrites them).
+    ``loss_fn(model, batch)`` returns the losses dict (``"loss"``: the total); a step returns
+    them detached (after a replay, copies of the recorded outputs). After a step the trainable
+    parameters' ``.grad`` hold the batch's gradients; the caller runs the optimiser step and
+    must not zero them (the next step overwrites them).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Mapping], dict],

@@ -58,7 +58,7 @@ class QADataset(Dataset):
         self._audio_rows = audio.rows([r.video_id for r in self.records])
         self._text_rows = text.rows([r.question for r in self.records])
         # "split": every batch's question tokens padded to the longest question of the split
-        self._tokens = (int(text.lengths(self._text_rows).max(initial=1))
+        self._min_tokens = (int(text.lengths(self._text_rows).max(initial=1))
                         if question_padding == "split" else 1)
         if self.multiple_choice:
             k = {len(r.options or ()) for r in self.records}
@@ -83,7 +83,7 @@ class QADataset(Dataset):
         """A whole batch in a few vectorised reads (DataLoader calls this with the indices of
         one batch); keys and shapes as in :class:`~avmaster.data.batch.Batch`."""
         idx = np.asarray(indices, dtype=np.int64)
-        sentence, tokens, mask = self.text.take(self._text_rows[idx], self._tokens)
+        sentence, tokens, mask = self.text.take(self._text_rows[idx], self._min_tokens)
         visual, audio = self.visual.take(self._visual_rows[idx]), self.audio.take(
             self._audio_rows[idx])
         if self._seconds is not None:
