@@ -125,7 +125,11 @@ class StepGraph:
         def step() -> None:
             self.losses = self._detached(self._forward_backward(recorded))
 
-        self.recorder.record(step)
+        try:
+            self.recorder.record(step)
+        except RuntimeError as e:
+            raise RuntimeError(f"recording the training step as a CUDA graph failed ({e}); "
+                               "train without it: cuda_graph=false") from e
         self.recorded = True
         self.grads = [p.grad for p in self.params]
 

@@ -112,6 +112,20 @@ def test_lightning_fit_with_step_graph_equals_plain_fit(single_thread) -> None:
     assert (step.eager_steps, step.replays, step.eager_after) == (WARMUP, 11, 2)
 
 
+def test_a_failed_recording_says_how_to_train_without_it(single_thread) -> None:
+    class Failing(RunningRecorder):
+        def record(self, fn: Callable[[], None]) -> None:
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    torch.manual_seed(0)
+    model = AVMaster(SMALL, DIMS, C)
+    criterion = AVMasterLoss()
+    step = StepGraph(model, lambda m, b: criterion(m(b), b["label"]), lambda: Failing(model),
+                     warmup=0)
+    with pytest.raises(RuntimeError, match=r"not permitted.*cuda_graph=false"):
+        step(_batches()[0])
+
+
 def test_cuda_graph_needs_one_cuda_device(tmp_path, capsys) -> None:
     assert main(["train", *tiny_overrides(tmp_path), "cuda_graph=true"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
