@@ -115,8 +115,8 @@ class _Linear:
         grad_b = g.sum(dim=0).to(self.acc)  # a bf16 sum accumulates in float32 inside
         if self.grad_w is None:
             self.grad_w, self.grad_b = torch.mm(g.t(), x).to(self.acc), grad_b
-        elif g.dtype == self.acc:
-            self.grad_w = torch.addmm(self.grad_w, g.t(), x)
+        elif g.dtype == self.acc:  # in place: out-of-place addmm first copies grad_w
+            self.grad_w.addmm_(g.t(), x)
             self.grad_b += grad_b
         else:
             self.grad_w += torch.mm(g.t(), x)
