@@ -7,7 +7,8 @@ Writes MUSIC-AVQA-sized synthetic features (``make_dataset`` of ``tools/bench_lo
 temporary folder (or ``--work``), trains one epoch of ``--warmup + --batches`` batches with the
 run's own code (:func:`avmaster.training.train`, no validation or test) and prints one line:
 samples/s over the last ``--batches`` batches (wall time from the start of the first to the end
-of the last, the device synchronised at both ends), peak memory and the memory allocator.
+of the last, the device synchronised at both ends), peak memory (as ``bench_train``'s) and the
+memory allocator.
 ``--set`` takes ``avmaster train`` overrides (``cuda_graph=true``,
 ``trainer.precision=bf16-mixed``, ``model.dim=...``).
 """
@@ -19,7 +20,6 @@ import contextlib
 import io
 import json
 import logging
-import resource
 import sys
 import tempfile
 import time
@@ -30,6 +30,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from bench_loader import make_dataset
+from bench_train import peak_memory_mb, sync
 
 from avmaster.config import ConfigError, load_config
 from avmaster.malloc import loaded_allocator
@@ -43,21 +44,16 @@ class BatchTimer(L.Callback):
         self.skip, self.last = skip, last
         self.samples, self.start, self.end = 0, 0.0, 0.0
 
-    @staticmethod
-    def _sync(module: L.LightningModule) -> None:
-        if module.device.type == "cuda":
-            torch.cuda.synchronize(module.device)
-
     def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
         if batch_idx == self.skip:
-            self._sync(module)
+            sync(module.device)
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
         if batch_idx >= self.skip:
             self.samples += int(batch["label"].shape[0])
         if batch_idx == self.last:
-            self._sync(module)
+            sync(module.device)
             self.end = time.perf_counter()
 
 
@@ -136,14 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench_fit: error: {e}", file=sys.stderr)
             return 2
     seconds = timer.end - timer.start
-    if args.device == "cuda":
-        peak = f"cuda_max_allocated_mb={torch.cuda.max_memory_allocated() / 2**20:,.0f}"
-    else:
-        peak = f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f}"
     print(f"fit device={args.device} batch={args.batch} T={args.seconds} "
           f"timed_batches={args.batches} set={' '.join(args.set) or '-'} "
           f"samples_per_s={timer.samples / seconds:,.1f} s_per_batch={seconds / args.batches:.4f} "
-          f"{peak} malloc={loaded_allocator()}", flush=True)
+          f"peak_mem_mb={peak_memory_mb(torch.device(args.device)):.0f} "
+          f"malloc={loaded_allocator()}", flush=True)
     return 0
 
 

@@ -49,9 +49,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from avmaster.lightning_module import build_optimizer
 from avmaster.losses import AVMasterLoss
 from avmaster.models import AVMaster, FeatureDims, ModelConfig, OptimConfig, count_parameters
+from avmaster.step_graph import WARMUP as GRAPH_WARMUP
+from avmaster.step_graph import CUDARecorder
 
 COMPILE_WARMUP = 3  # compiled forward, backward and recompiles settle within a few steps
-GRAPH_WARMUP = 3  # eager steps on the capture's side stream before recording (the CUDA docs')
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -255,22 +256,18 @@ def record_graph(run: Training) -> Callable[[], None]:
     """Record ``run.train_step`` once as a CUDA graph after :data:`GRAPH_WARMUP` runs of
     ``run.step`` on a side stream; the function returned copies a batch into the graph's inputs
     (``run.batch``) and replays it."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
+    recorder = CUDARecorder()
+    with recorder.side_stream():
         for _ in range(GRAPH_WARMUP):
             run.step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
     run.opt.zero_grad(set_to_none=True)  # the recorded backward writes the gradients, not adds
-    with torch.cuda.graph(graph):
-        run.train_step()
+    recorder.record(run.train_step)
     fresh = {k: v.clone() for k, v in run.batch.items()}
 
     def replay() -> None:
         for k, v in fresh.items():
             run.batch[k].copy_(v, non_blocking=True)
-        graph.replay()
+        recorder.replay()
 
     return replay
 

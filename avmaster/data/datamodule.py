@@ -200,10 +200,8 @@ class AVQADataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader | list:
-        """The validation loader; none (``[]``: Lightning validates nothing) without
-        ``data.val``."""
-        return self._loader("val", shuffle=False) if self.load_split("val") is not None else []
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
