@@ -39,12 +39,22 @@ log = logging.getLogger(__name__)
 CKPT_KEY = "avmaster_features"  # checkpoint entry: the extraction settings of its features
 
 # Warnings every run would print that say nothing about the user's setup: AVMasterModule's
-# float16 -> float32 cast hook, a torch deprecation inside Lightning's own code, and a
-# non-empty checkpoint folder on resume (train() itself refuses to overwrite an earlier run).
-for _message in (r"You have overridden `on_after_batch_transfer`",
-                 r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                 r"Checkpoint directory .* exists and is not empty"):
-    warnings.filterwarnings("ignore", message=_message)
+# float16 -> float32 cast hook, a torch deprecation inside Lightning's own code, a non-empty
+# checkpoint folder on resume (train() itself refuses to overwrite an earlier run), and advice to
+# add loader workers (data.num_workers says when they help).
+KNOWN_WARNINGS = (r"You have overridden `on_after_batch_transfer`",
+                  r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                  r"Checkpoint directory .* exists and is not empty",
+                  r"The '\w+' does not have many workers")
+
+
+def ignore_known_warnings() -> None:
+    """Filter out :data:`KNOWN_WARNINGS` (done when this module is imported)."""
+    for message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+ignore_known_warnings()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

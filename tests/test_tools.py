@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import runpy
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import DIMS, REPO, SMALL, C, make_batch
+
+from avmaster.lightning_module import AVMasterModule
 
 
 def run_tool(name: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,3 +190,35 @@ def test_bench_fit_trains_without_validation_and_prints_throughput(monkeypatch, 
                       if "=" in kv and not kv.startswith("model."))
         assert float(fields["samples_per_s"]) > 0 and fields["timed_batches"] == "2"
     assert [p.name for p in tmp_path.iterdir()] == ["v6_q12_t3_8-6-8"]
+
+
+def test_bench_fit_no_model_keeps_the_loop_and_drops_the_step(monkeypatch, capsys,
+                                                              tmp_path) -> None:
+    """``--no-model``: the first batch runs the real losses (their keys are logged as usual),
+    later ones a loss of the batch alone whose backward reaches one parameter; it refuses
+    ``cuda_graph=true``."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from bench_fit import NoModel
+
+    module = AVMasterModule(SMALL, dims=dataclasses.asdict(DIMS), num_answers=C)
+    real_keys = set(module._losses(module.model, make_batch()))
+    callback = NoModel()
+    callback.setup(None, module, "fit")
+    for seed in range(2):
+        batch = make_batch(seed=seed)
+        losses = module._losses(module.model, batch)
+        assert set(losses) == real_keys == set(callback.keys)
+        assert losses["loss"].item() == pytest.approx(batch["visual"].mean().item())
+    module.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    assert sum(p.grad is not None for p in module.parameters()) == 1
+
+    args = ["--batch", "4", "--seconds", "3", "--dims", "8", "6", "8", "--videos", "6",
+            "--warmup", "1", "--batches", "2", "--workers", "0", "--work", str(tmp_path),
+            "--no-model", "--set", "model.dim=16", "model.heads=2"]
+    run_tool("bench_fit.py", args, monkeypatch)
+    assert " model=no " in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["bench_fit.py", *args, "cuda_graph=true"])
+    with pytest.raises(SystemExit) as refused:
+        runpy.run_path(str(REPO / "tools" / "bench_fit.py"), run_name="__main__")
+    assert refused.value.code == 2 and "drop cuda_graph=true" in capsys.readouterr().err

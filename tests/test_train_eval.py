@@ -204,3 +204,32 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     for name, p in module.named_parameters():
         assert p.dtype == torch.float32 and torch.isfinite(p).all(), name
         assert not torch.equal(p, before[name]), f"{name} was not updated"
+
+
+def test_lightning_advice_to_add_loader_workers_is_not_printed(monkeypatch) -> None:
+    """Preloaded features load fastest without workers (data.num_workers defaults to 0), so
+    Lightning's advice to add some, given on machines with more than 2 cores, is filtered."""
+    import warnings
+
+    import lightning as L
+    from lightning.pytorch.trainer.connectors import data_connector
+    from torch.utils.data import DataLoader
+
+    from avmaster.data.config import DataConfig
+    from avmaster.training import ignore_known_warnings
+
+    assert DataConfig().num_workers == 0
+    monkeypatch.setattr(data_connector, "suggested_max_num_workers", lambda devices: 8)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    loader = DataLoader(list(range(4)), num_workers=0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ignore_known_warnings()
+        data_connector._worker_check(trainer, loader, "train_dataloader")
+    assert not [w for w in seen if "workers" in str(w.message)]
+    with warnings.catch_warnings(record=True) as seen:  # the same check, filters reset, warns
+        warnings.resetwarnings()
+        warnings.simplefilter("always")
+        data_connector._worker_check(trainer, loader, "train_dataloader")
+    assert [w for w in seen if "does not have many workers" in str(w.message)]

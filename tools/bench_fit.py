@@ -10,7 +10,9 @@ samples/s over the last ``--batches`` batches (wall time from the start of the f
 of the last, the device synchronised at both ends), peak memory (as ``bench_train``'s) and the
 memory allocator.
 ``--set`` takes ``avmaster train`` overrides (``cuda_graph=true``,
-``trainer.precision=bf16-mixed``, ``model.dim=...``).
+``trainer.precision=bf16-mixed``, ``model.dim=...``). ``--no-model`` times the loop without the
+model (:class:`NoModel`): what is left, the loader, the transfer and Lightning's loop, bounds the
+samples/s of any device's step.
 """
 
 from __future__ import annotations
@@ -57,6 +59,27 @@ class BatchTimer(L.Callback):
             self.end = time.perf_counter()
 
 
+class NoModel(L.Callback):
+    """Replaces the training step's forward, losses and backward by a loss that costs almost
+    nothing (the mean of the batch's visual features; one parameter gets a zero gradient), with
+    the keys the real losses have (learnt from the first batch, which runs the model), so that
+    logging does the same work."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def setup(self, trainer, module, stage: str) -> None:
+        real = module._losses
+
+        def losses(model: torch.nn.Module, batch) -> dict[str, torch.Tensor]:
+            if not self.keys:
+                self.keys = list(real(model, batch))
+            loss = batch["visual"].mean() + next(model.parameters()).sum() * 0
+            return {k: loss for k in self.keys}
+
+        module._losses = losses
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Without the run's logs, warnings and Lightning's model summary (one line of output)."""
@@ -96,10 +119,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dims", type=int, nargs=3, default=(768, 128, 768),
                    help="visual, audio, text feature sizes")
     p.add_argument("--videos", type=int, default=500)
-    p.add_argument("--workers", type=int, default=2, help="data.num_workers")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data.num_workers (default: the config's)")
     p.add_argument("--work", default=None,
                    help="keep the synthetic dataset here for later runs (default: a temporary "
                         "folder)")
+    p.add_argument("--no-model", action="store_true",
+                   help="time the loop without the model's forward and backward (NoModel)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="avmaster train overrides")
     return p.parse_args(argv)
@@ -117,23 +143,29 @@ def main(argv: list[str] | None = None) -> int:
             f"data.annotations_dir={files.pop('folder')}", "data.train=[train.json]",
             "data.val=[]", "data.test=[]", f"data.features_dir={files.pop('features_dir')}",
             f"data.seconds={args.seconds}",
-            f"data.batch_size={args.batch}", f"data.num_workers={args.workers}",
+            f"data.batch_size={args.batch}",
+            *([] if args.workers is None else [f"data.num_workers={args.workers}"]),
             *(f"data.{k}={v}" for k, v in files.items()), f"output_dir={root / 'runs'}",
             "name=bench", "trainer.max_epochs=1", f"trainer.limit_train_batches={n}",
             f"trainer.accelerator={accelerator}", "trainer.devices=1",
             "trainer.enable_progress_bar=false", *args.set]
         timer = BatchTimer(args.warmup, n - 1)
+        callbacks = [timer, NoModel()] if args.no_model else [timer]
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         try:
+            cfg = load_config(overrides=overrides)
+            if args.no_model and cfg.cuda_graph:
+                raise ConfigError("--no-model leaves no step to record: drop cuda_graph=true")
             with quiet():
-                train(load_config(overrides=overrides), callbacks=[timer])
+                train(cfg, callbacks=callbacks)
         except ConfigError as e:
             print(f"bench_fit: error: {e}", file=sys.stderr)
             return 2
     seconds = timer.end - timer.start
     print(f"fit device={args.device} batch={args.batch} T={args.seconds} "
-          f"timed_batches={args.batches} set={' '.join(args.set) or '-'} "
+          f"timed_batches={args.batches} model={'no' if args.no_model else 'yes'} "
+          f"set={' '.join(args.set) or '-'} "
           f"samples_per_s={timer.samples / seconds:,.1f} s_per_batch={seconds / args.batches:.4f} "
           f"peak_mem_mb={peak_memory_mb(torch.device(args.device)):.0f} "
           f"malloc={loaded_allocator()}", flush=True)

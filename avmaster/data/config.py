@@ -43,7 +43,9 @@ class DataConfig:
     preload: bool = True  # read every feature into RAM once (MUSIC-AVQA fits)
     batch_size: int = 32
     eval_batch_size: int = 128
-    num_workers: int = 2
+    # loader processes: preloaded features load fastest in the main process (a worker's
+    # batch costs more to ship than to read; README, Performance); raise it with preload=false
+    num_workers: int = 0
     pin_memory: bool = True  # page-locked batches, where they go to a GPU
     # question tokens padded to the batch's longest question ("batch") or to the split's
     # ("split": every batch of a split has one shape, as a replayed CUDA graph needs)
