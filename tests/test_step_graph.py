@@ -163,3 +163,34 @@ def test_cuda_graph_trains_as_eager_steps() -> None:
     torch.testing.assert_close(torch.tensor(graph_losses), torch.tensor(eager_losses))
     for (name, a), b in zip(eager.named_parameters(), graphed.parameters(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_under_bf16_autocast_follows_the_weights() -> None:
+    """Recorded inside bf16 autocast with its cast cache on, one autocast region per step (as
+    Lightning's bf16-mixed runs a training step), with Adam steps between: the last replay's
+    losses and gradients are an eager step's for the same (updated) weights and batch, so no
+    bf16 copy of a weight is kept from the recording."""
+    torch.manual_seed(0)
+    model = AVMaster(SMALL, DIMS, C).cuda().train()
+    criterion = AVMasterLoss()
+    opt, _ = build_optimizer(model.parameters(), OptimConfig(lr=1e-2))
+    step = StepGraph(model, lambda m, b: criterion(m(b), b["label"]), CUDARecorder)
+    batches = [b for b in _batches("cuda") if b["label"].shape[0] == 3]
+    for batch in batches[:-1]:  # warm-up, recording, replays
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            step(batch)
+        opt.step()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        replayed = step(batches[-1])
+    assert step.replays == len(batches) - WARMUP  # the recording step replays too
+    graph_grads = [g.clone() for g in step.grads]
+    for p in step.params:
+        p.grad = None
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = criterion(model(batches[-1]), batches[-1]["label"])
+    eager["loss"].backward()
+    for k, v in eager.items():
+        torch.testing.assert_close(replayed[k], v.detach(), msg=k)
+    for p, g in zip(step.params, graph_grads, strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-2, atol=1e-5)
