@@ -61,9 +61,9 @@ class BatchTimer(L.Callback):
 
 class NoModel(L.Callback):
     """Replaces the training step's forward, losses and backward by a loss that costs almost
-    nothing (the mean of the batch's visual features; one parameter gets a zero gradient), with
-    the keys the real losses have (learnt from the first batch, which runs the model), so that
-    logging does the same work."""
+    nothing (the mean of the batch's visual features; one trainable parameter gets a zero
+    gradient), with the keys the real losses have (learnt from the first batch, which runs the
+    model), so that logging does the same work."""
 
     def __init__(self) -> None:
         self.keys: list[str] = []
@@ -74,7 +74,8 @@ class NoModel(L.Callback):
         def losses(model: torch.nn.Module, batch) -> dict[str, torch.Tensor]:
             if not self.keys:
                 self.keys = list(real(model, batch))
-            loss = batch["visual"].mean() + next(model.parameters()).sum() * 0
+            first = next(p for p in model.parameters() if p.requires_grad)
+            loss = batch["visual"].mean() + first.sum() * 0
             return {k: loss for k in self.keys}
 
         module._losses = losses
