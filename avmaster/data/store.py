@@ -426,7 +426,7 @@ class TextFeatures:
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``sentence [B, D]``, ``tokens [B, L, D]`` zero-padded, ``mask [B, L]`` (float32/bool);
         L is the longest of these texts, or ``length`` when that is longer."""
-        lengths = self._length[rows]
+        lengths = self.lengths(rows)
         tokens = np.zeros((len(rows), max(int(lengths.max(initial=1)), length), self.dim),
                           dtype=np.float32)
         mask = np.zeros(tokens.shape[:2], dtype=bool)
