@@ -41,7 +41,14 @@ from avmaster.extract.encoders import (
 from avmaster.extract.listing import find_videos
 from avmaster.extract.parts import VIDEO_PART, list_parts, video_parts_dir
 from avmaster.extract.runner import main
-from avmaster.extract.synth_media import ClipSpec, second_colour, synthetic_clip, write_video
+from avmaster.extract.synth_media import (
+    X264_DEFAULTS,
+    ClipSpec,
+    second_colour,
+    synthetic_clip,
+    synthetic_clips,
+    write_video,
+)
 from avmaster.extract.text import collect_texts
 from avmaster.probe import BLANK_ATTR, SILENCE_ATTR, empty_vector
 
@@ -580,6 +587,20 @@ def test_synthetic_clip_spec(tmp_path: Path) -> None:
     path = synthetic_clip(tmp_path / "c.webm", ClipSpec(seconds=2), fps=5)
     with av.open(str(path)) as c:
         assert c.streams.video[0].average_rate == 5
+
+
+def test_synthetic_clips_in_parallel_match_one_by_one(tmp_path: Path) -> None:
+    specs = [ClipSpec(seconds=1, fps=4, width=32, height=24, seed=i) for i in range(3)]
+    files = {}
+    for workers in (1, 2):
+        folder = tmp_path / str(workers)
+        folder.mkdir()
+        jobs = [(folder / f"c{i}.mp4", spec) for i, spec in enumerate(specs)]
+        assert synthetic_clips(jobs, X264_DEFAULTS, workers) == [path for path, _ in jobs]
+        assert sorted(p.name for p in folder.iterdir()) == ["c0.mp4", "c1.mp4", "c2.mp4"]
+        files[workers] = [path.read_bytes() for path, _ in jobs]
+    assert files[1] == files[2]
+    assert len(set(files[1])) == 3  # each clip its own seed
 
 
 def test_remerge_counts_and_strict_exit_status(single_run: Path, tmp_path: Path,

@@ -7,8 +7,9 @@
         --workers 15 --n-videos 64            # the MUSIC-AVQA setting (weights cached)
 
 Videos are synthetic (a scrolling noise texture over per-second colours, H.264 High profile
-with B-frames, AAC stereo 44.1 kHz), written once into ``--work`` and reused. Prints videos/s
-and frames/s (one frame per second of video) per stage, as text and as one JSON line.
+with B-frames, AAC stereo 44.1 kHz), written once into ``--work`` (``--workers`` at a time)
+and reused. Prints videos/s and frames/s (one frame per second of video) per stage, as text and
+as one JSON line.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from avmaster.extract.decode import iter_decoded
 from avmaster.extract.extractor import FeatureExtractor
 from avmaster.extract.parts import merge
 from avmaster.extract.runner import RunStats, extract_videos
-from avmaster.extract.synth_media import ClipSpec, synthetic_clip
+from avmaster.extract.synth_media import ClipSpec, synthetic_clips
 
 MUSIC_AVQA_VIDEOS = 9288  # for the projected full-dataset time
 
@@ -54,20 +55,17 @@ class BenchDefaults:
 
 
 def make_videos(folder: Path, args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The benchmark's videos, those missing written ``--workers`` at a time."""
     folder.mkdir(parents=True, exist_ok=True)
-    items = []
     opts = {"g": str(args.gop), "bf": str(args.bframes), "preset": args.preset}
-    for i in range(args.n_videos):
-        path = folder / f"bench{i:04d}_{args.width}x{args.height}_{args.seconds}s.mp4"
-        if not path.exists():
-            spec = ClipSpec(seconds=args.seconds, fps=args.fps, width=args.width,
+    paths = [folder / f"bench{i:04d}_{args.width}x{args.height}_{args.seconds}s.mp4"
+             for i in range(args.n_videos)]
+    todo = [(path, ClipSpec(seconds=args.seconds, fps=args.fps, width=args.width,
                             height=args.height, channels=2, sample_rate=44100,
-                            texture=args.texture, seed=i)
-            tmp = path.with_name(f".{path.name}")
-            synthetic_clip(tmp, spec, options=opts)
-            os.replace(tmp, path)
-        items.append((path.stem, path))
-    return items
+                            texture=args.texture, seed=i))
+            for i, path in enumerate(paths) if not path.exists()]
+    synthetic_clips(todo, opts, args.workers)
+    return [(path.stem, path) for path in paths]
 
 
 def rate(count: float, seconds: float) -> float:

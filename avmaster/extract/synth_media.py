@@ -8,7 +8,10 @@ audio example came from.
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Iterable, Iterator
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -105,6 +108,29 @@ def synthetic_clip(path: Path | str, spec: ClipSpec | None = None,
     spec = ClipSpec(**{**(spec.__dict__ if spec else {}), **kw})  # type: ignore[arg-type]
     return write_video(path, synthetic_frames(spec), spec.fps, synthetic_audio(spec),
                        spec.sample_rate, options=options)
+
+
+def synthetic_clips(jobs: Sequence[tuple[Path, ClipSpec]], options: dict[str, str] | None = None,
+                    workers: int = 1) -> list[Path]:
+    """Write each ``(path, spec)`` clip with :func:`synthetic_clip`, ``workers`` processes at a
+    time; each file appears under its name only once it is complete (a killed run leaves no
+    partial file under a clip's name)."""
+    paths = [Path(path) for path, _ in jobs]
+    if workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")  # the caller may hold CUDA or threads
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+            list(pool.map(_write_complete, paths, [spec for _, spec in jobs],
+                          [options] * len(jobs)))
+    else:
+        for path, (_, spec) in zip(paths, jobs, strict=True):
+            _write_complete(path, spec, options)
+    return paths
+
+
+def _write_complete(path: Path, spec: ClipSpec, options: dict[str, str] | None) -> None:
+    tmp = path.with_name(f".{path.name}")
+    synthetic_clip(tmp, spec, options=options)
+    os.replace(tmp, path)
 
 
 def _rate(fps: float | Fraction) -> Fraction:
