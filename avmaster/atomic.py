@@ -17,8 +17,9 @@ TEMP_PATTERN = ".*.tmp-*"  # glob of the temporary files below (what a killed wr
 
 
 def temp_name(path: Path) -> Path:
-    """A temporary file next to ``path``, unique per process and call."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    """A temporary file next to ``path``, unique per process and call, with ``path``'s suffix
+    (for writers that pick the format from it, such as PyAV's)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}{path.suffix}")
 
 
 def fsync_file(path: Path) -> None:

@@ -9,7 +9,6 @@ with balanced answers (:mod:`avmaster.demo.questions`). This module writes them 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from avmaster.demo.scene import (
     SynthConfig,
     sample_scenes,
 )
-from avmaster.extract.synth_media import X264_DEFAULTS
+from avmaster.extract.synth_media import X264_DEFAULTS, in_processes
 
 ANNOTATION_NAME = "avqa-{split}.json"
 ANSWERS_NAME = "answers.json"
@@ -93,13 +92,7 @@ def write_dataset(root: Path | str, cfg: SynthConfig | None = None,
         if progress:
             progress(f"writing {len(jobs)} videos ({cfg.seconds} s, {cfg.size}x{cfg.size} px, "
                      f"{cfg.fps} fps) to {root / VIDEO_DIR}")
-        if cfg.workers > 1:
-            with mp.get_context("spawn").Pool(cfg.workers) as pool:
-                for _ in pool.imap_unordered(write_one, jobs, chunksize=8):
-                    pass
-        else:
-            for job in jobs:
-                write_one(job)
+        in_processes(write_one, jobs, cfg.workers, chunksize=8)
         for split, path in annotations.items():
             path.write_text(json.dumps(entries[split], indent=1, ensure_ascii=False) + "\n")
         answers = sorted({e["anser"] for es in entries.values() for e in es})

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import colorsys
 import multiprocessing
-import os
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import numpy as np
 
+from avmaster.atomic import atomic_path
+
+T = TypeVar("T")
 AUDIO_FRAME_SAMPLES = 1024  # samples per audio frame handed to the encoder
 DEFAULT_CODECS = {".webm": ("libvpx", "libopus")}  # (video, audio) per suffix; else below
 FALLBACK_CODECS = ("libx264", "aac")
@@ -113,24 +115,29 @@ def synthetic_clip(path: Path | str, spec: ClipSpec | None = None,
 def synthetic_clips(jobs: Sequence[tuple[Path, ClipSpec]], options: dict[str, str] | None = None,
                     workers: int = 1) -> list[Path]:
     """Write each ``(path, spec)`` clip with :func:`synthetic_clip`, ``workers`` processes at a
-    time; each file appears under its name only once it is complete (a killed run leaves no
-    partial file under a clip's name)."""
-    paths = [Path(path) for path, _ in jobs]
+    time, each through :func:`~avmaster.atomic.atomic_path` (a killed run leaves no partial
+    file under a clip's name)."""
+    in_processes(_write_atomic, [(Path(path), spec, options) for path, spec in jobs], workers)
+    return [Path(path) for path, _ in jobs]
+
+
+def _write_atomic(job: tuple[Path, ClipSpec, dict[str, str] | None]) -> None:
+    path, spec, options = job
+    with atomic_path(path) as tmp:
+        synthetic_clip(tmp, spec, options=options)
+
+
+def in_processes(fn: Callable[[T], object], jobs: Sequence[T], workers: int,
+                 chunksize: int = 1) -> None:
+    """``fn(job)`` for every job, in up to ``workers`` spawned processes (spawned: the caller
+    may hold CUDA or threads), or in this process for one worker or one job."""
     if workers > 1 and len(jobs) > 1:
-        context = multiprocessing.get_context("spawn")  # the caller may hold CUDA or threads
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-            list(pool.map(_write_complete, paths, [spec for _, spec in jobs],
-                          [options] * len(jobs)))
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            for _ in pool.imap_unordered(fn, jobs, chunksize=chunksize):
+                pass
     else:
-        for path, (_, spec) in zip(paths, jobs, strict=True):
-            _write_complete(path, spec, options)
-    return paths
-
-
-def _write_complete(path: Path, spec: ClipSpec, options: dict[str, str] | None) -> None:
-    tmp = path.with_name(f".{path.name}")
-    synthetic_clip(tmp, spec, options=options)
-    os.replace(tmp, path)
+        for job in jobs:
+            fn(job)
 
 
 def _rate(fps: float | Fraction) -> Fraction:
