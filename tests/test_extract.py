@@ -136,6 +136,25 @@ def test_decode_every_case(media: dict[str, Path], vid: str) -> None:
         assert np.abs(corner - np.array(second_colour(k))).max() < 24, (vid, k)
 
 
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_metadata_that_is_not_utf8_decodes(tmp_path: Path, suffix: str) -> None:
+    """A container title in another encoding (Latin-1 here) is no reason to drop a video."""
+    placeholder, latin1 = b"TITLE_PLACEHOLDER", "Opéra à Genève 1!".encode("latin-1")
+    assert len(latin1) == len(placeholder)
+    with pytest.raises(UnicodeDecodeError):
+        latin1.decode("utf-8")
+    frames = np.zeros((2 * 10, 32, 32, 3), np.uint8)
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)
+    good = write_video(tmp_path / f"good{suffix}", frames, 10, tone, 16000,
+                       metadata={"title": placeholder.decode()})
+    data = good.read_bytes()
+    assert data.count(placeholder) == 1
+    bad = tmp_path / f"latin1{suffix}"
+    bad.write_bytes(data.replace(placeholder, latin1))
+    d = decode_video(bad, DecodeSpec(image_size=(32, 32), seconds=2))
+    assert [p.detail for p in d.problems] == [] and d.n_seconds == 2
+
+
 def test_frame_at_middle_of_each_second(tmp_path: Path) -> None:
     fps = 10
     frames = np.zeros((4 * fps, 32, 32, 3), np.uint8)

@@ -64,23 +64,26 @@ def _stream_origin(streams: Sequence[av.stream.Stream]) -> float:
 
 
 _HWACCEL_BROKEN: set[str] = set()  # device types that failed in this process
+# PyAV < 19 raises on container metadata that is not UTF-8 unless told to ignore it; PyAV 19
+# dropped the option and keeps such bytes as surrogate escapes, so it is passed only before 19.
+_OPEN_OPTIONS = {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
 
 
 def _open(path: Path, hwaccel: str | None) -> av.container.InputContainer:
     """Open for decoding, on ``hwaccel`` when it works (falls back to software once it fails)."""
     if hwaccel and hwaccel not in _HWACCEL_BROKEN:
         try:
-            return av.open(str(path), metadata_errors="ignore",
+            return av.open(str(path), **_OPEN_OPTIONS,
                            hwaccel=HWAccel(hwaccel, allow_software_fallback=True))
         except Exception as e:
             try:  # a media error shows again below; else the device is unusable here
-                av.open(str(path), metadata_errors="ignore").close()
+                av.open(str(path), **_OPEN_OPTIONS).close()
             except Exception:
                 raise e from None
             _HWACCEL_BROKEN.add(hwaccel)
             log.warning("hardware decoding (%s) unavailable in process %d (%s); decoding in "
                         "software", hwaccel, os.getpid(), e)
-    return av.open(str(path), metadata_errors="ignore")
+    return av.open(str(path), **_OPEN_OPTIONS)
 
 
 def decode_video(path: Path | str, spec: DecodeSpec, video_id: str | None = None

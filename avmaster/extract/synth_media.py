@@ -156,6 +156,7 @@ def write_video(
     pix_fmt: str | None = None,
     bit_rate: int | None = None,
     options: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write frames (uint8 [N, H, W, 3] or an iterable of [H, W, 3]) and optional audio
     (float [S, C] in [-1, 1], C = 1 or 2) to ``path``; the suffix picks the container.
@@ -164,6 +165,7 @@ def write_video(
     Odd frame sizes use ``yuv444p`` (4:2:0 needs even sizes). ``options`` go to the video
     encoder (e.g. ``{"preset": "ultrafast", "g": "250", "bf": "3"}``); for libx264 they are
     added to :data:`X264_DEFAULTS` (an ``x264-params`` of their own replaces it).
+    ``metadata``: the container's tags (e.g. ``{"title": ...}``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,7 @@ def write_video(
     if video_codec == "libx264":
         options = {**X264_DEFAULTS, **(options or {})}
     with av.open(str(path), "w") as out:
+        out.metadata.update(metadata or {})
         vs = out.add_stream(video_codec, rate=_rate(fps), options=options or {})
         vs.width, vs.height = width, height
         vs.pix_fmt = pix_fmt or ("yuv444p" if width % 2 or height % 2 else "yuv420p")
