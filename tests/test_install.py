@@ -14,6 +14,8 @@ import pytest
 from avmaster.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
+# floors of the test and notebook tooling, which is installed at its newest for every test run
+DEV_ONLY_FLOORS = {"pytest", "pytest-xdist", "ruff", "nbclient", "nbformat", "ipykernel", "ipython"}
 HEAVY = ("torch", "lightning", "torchmetrics", "pandas", "matplotlib", "open_clip", "h5py")
 
 
@@ -54,15 +56,30 @@ def imported_modules() -> dict[str, str]:
     return found
 
 
+def providers() -> dict[str, set[str]]:
+    """Top-level module -> the installed distributions that hold it, from each distribution's
+    file list (Python 3.10's ``packages_distributions`` reads only ``top_level.txt``, which
+    some wheels, open_clip_torch's among them, do not have)."""
+    found: dict[str, set[str]] = {}
+    for module, dists in importlib.metadata.packages_distributions().items():
+        found.setdefault(module, set()).update(dists)
+    for dist in importlib.metadata.distributions():
+        for file in dist.files or ():
+            top = file.parts[0]
+            if len(file.parts) > 1 or top.endswith(".py"):
+                found.setdefault(top.removesuffix(".py"), set()).add(dist.metadata["Name"])
+    return found
+
+
 def test_every_import_is_a_declared_requirement():
-    providers = importlib.metadata.packages_distributions()
+    installed = providers()
     allowed = declared()
     missing = []
     for module, where in imported_modules().items():
         if module in sys.stdlib_module_names or module == "avmaster":
             continue
         # a module of an optional extra that is not installed here: its own name
-        dists = {_normal(d) for d in providers.get(module, [])} or {_normal(module)}
+        dists = {_normal(d) for d in installed.get(module, [])} or {_normal(module)}
         if not dists & allowed:
             missing.append(f"{module} ({where}; distribution {sorted(dists) or 'unknown'})")
     assert not missing, f"imported but not in install_requires: {missing}"
@@ -96,3 +113,28 @@ def test_help_answers(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
     assert exit_.value.code == 0 and f"avmaster {command}" in capsys.readouterr().out
+
+
+def test_floors_are_the_tested_minimum_versions():
+    """Each ``>=`` floor in setup.cfg is the version ``make test-min`` installs, and every
+    package pinned there is a requirement."""
+    from packaging.version import Version
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    lines = [cfg["options"]["install_requires"], *cfg["options.extras_require"].values()]
+    floors = {}
+    for line in "\n".join(lines).splitlines():
+        if m := re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*>=\s*([0-9.]+)\s*", line):
+            floors[_normal(m.group(1))] = Version(m.group(2))
+    pins = {}
+    for line in (ROOT / "tests" / "minimum_versions.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[_normal(name)] = Version(version)
+    assert set(pins) <= _names("\n".join(lines)), "pinned but not a requirement"
+    wrong = {n: (str(floors[n]), str(pins[n]))
+             for n in floors if n in pins and floors[n] != pins[n]}
+    assert not wrong, f"setup.cfg floor vs tests/minimum_versions.txt: {wrong}"
+    unpinned = {n for n in floors if n not in pins} - DEV_ONLY_FLOORS
+    assert not unpinned, f"floors with no pin in tests/minimum_versions.txt: {sorted(unpinned)}"
