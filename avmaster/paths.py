@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+_HERE = Path(__file__).resolve().parent
+# The presets live in the repository's configs/; an installed (built) package carries them as
+# avmaster/configs (setup.cfg maps one onto the other), a source checkout has only the former.
+PROJECT_CONFIGS = _HERE / "configs" if (_HERE / "configs").is_dir() else _HERE.parent / "configs"
 
 
 def config_dirs() -> list[Path]:

@@ -4,9 +4,13 @@ a dev extra), and ``--help`` of every command answers without loading torch."""
 import ast
 import configparser
 import importlib.metadata
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,8 @@ from avmaster.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 # floors of the test and notebook tooling, which is installed at its newest for every test run
-DEV_ONLY_FLOORS = {"pytest", "pytest-xdist", "ruff", "nbclient", "nbformat", "ipykernel", "ipython"}
+DEV_ONLY_FLOORS = {"pytest", "pytest-xdist", "ruff", "nbclient", "nbformat", "ipykernel", "ipython",
+                   "setuptools"}
 HEAVY = ("torch", "lightning", "torchmetrics", "pandas", "matplotlib", "open_clip", "h5py")
 
 
@@ -138,3 +143,53 @@ def test_floors_are_the_tested_minimum_versions():
     assert not wrong, f"setup.cfg floor vs tests/minimum_versions.txt: {wrong}"
     unpinned = {n for n in floors if n not in pins} - DEV_ONLY_FLOORS
     assert not unpinned, f"floors with no pin in tests/minimum_versions.txt: {sorted(unpinned)}"
+
+
+def test_packages_listed_in_setup_cfg_are_the_package_folders():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    folders = {".".join(p.parent.relative_to(ROOT).parts)
+               for p in (ROOT / "avmaster").rglob("__init__.py")}
+    assert listed == folders | {"avmaster.configs"}
+    assert cfg["options"]["package_dir"].split() == ["avmaster.configs", "=", "configs"]
+
+
+@pytest.mark.slow
+def test_a_built_package_carries_the_presets(tmp_path):
+    """``pip install .`` (not ``-e``) ships configs/ inside the package, and the commands find
+    every preset from any folder."""
+    src = tmp_path / "src"
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes((ROOT / name).read_bytes())
+    for folder in ("avmaster", "configs"):
+        shutil.copytree(ROOT / folder, src / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                            "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("avmaster-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as z:  # a pure-Python wheel installs by unpacking it
+        z.extractall(site)
+    shipped = sorted(p.relative_to(site / "avmaster" / "configs").as_posix()
+                     for p in (site / "avmaster" / "configs").rglob("*") if p.is_file())
+    assert shipped == sorted(p.relative_to(ROOT / "configs").as_posix()
+                             for p in (ROOT / "configs").rglob("*") if p.is_file())
+    code = ("import avmaster, json\n"
+            "from avmaster.config import preset_names\n"
+            "from avmaster.cli import main\n"
+            "assert main(['config', 'data=music_avqa_r', 'ablation=question_only']) == 0\n"
+            "print(json.dumps([avmaster.__file__, preset_names('data'),"
+            " preset_names('ablations')]))\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=elsewhere, env={**os.environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr
+    where, data, ablations = json.loads(done.stdout.strip().splitlines()[-1])
+    assert Path(where).is_relative_to(site)
+    assert data == sorted(p.stem for p in (ROOT / "configs" / "data").glob("*.yaml"))
+    assert ablations == sorted(p.stem for p in (ROOT / "configs" / "ablations").glob("*.yaml"))
