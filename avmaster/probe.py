@@ -219,16 +219,24 @@ class ProbeReport:
             lines = ["| questions | n | " + " | ".join(names) + " |",
                      "|---" * (len(names) + 2) + "|"]
             for sub, acc in self.subsets.items():
-                cells = " | ".join(f"{acc[n]:.2f}" for n in names)
+                empty = self.subset_counts[sub] == 0
+                cells = " | ".join("—" if empty else f"{acc[n]:.2f}" for n in names)
                 lines.append(f"| {sub} | {self.subset_counts[sub]} | {cells} |")
             text += "\nAccuracy (%) on selected questions:\n\n" + "\n".join(lines) + "\n"
         return text
+
+    def subsets_json(self) -> dict[str, dict[str, float | None]]:
+        """``subsets`` with ``None`` (JSON's null; JSON has no NaN) for a subset without
+        questions."""
+        return {sub: {n: None if self.subset_counts[sub] == 0 else v for n, v in acc.items()}
+                for sub, acc in self.subsets.items()}
 
     def to_json(self) -> dict[str, Any]:
         return {"table": self.spec.name, "columns": [c for c, _ in self.spec.columns],
                 "probes": {n: PROBES[n][0] for n in self.accuracy},
                 "accuracy": self.accuracy, "changed": self.changed, "counts": self.counts,
-                "subsets": self.subsets, "subset_counts": self.subset_counts, "meta": self.meta}
+                "subsets": self.subsets_json(), "subset_counts": self.subset_counts,
+                "meta": self.meta}
 
 
 def _predict(trainer: Any, module: Any, loader: DataLoader, n: int) -> np.ndarray:

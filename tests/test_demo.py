@@ -4,6 +4,7 @@ quick demo end to end."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -299,7 +300,7 @@ def test_write_dataset_makes_real_videos_and_reuses_them(tmp_path):
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     from avmaster import reports
-    from avmaster.demo import DemoSettings, run_demo
+    from avmaster.demo import DemoSettings, run_demo, summary
     from avmaster.demo.pipeline import FULL, QUESTION_ONLY
 
     result = run_demo(DemoSettings(out=str(tmp_path / "demo"), device="cpu").quick())
@@ -307,7 +308,15 @@ def test_quick_demo_end_to_end(tmp_path):
         assert result.files[key].exists() and result.files[key].stat().st_size > 0
     md = result.files["md"].read_text()
     assert f"| {FULL} |" in md and f"| {QUESTION_ONLY} |" in md
-    payload = json.loads(result.files["json"].read_text())
+    def no_nan(constant: str) -> None:
+        raise AssertionError(f"{constant} in a JSON file (JSON has no NaN)")
+
+    payload = json.loads(result.files["json"].read_text(), parse_constant=no_nan)
+    for path in (tmp_path / "demo" / "results").glob("*.json"):
+        json.loads(path.read_text(), parse_constant=no_nan)
+    for text in (md, summary(result), *(p.read_text() for p in
+                                        (tmp_path / "demo" / "results").glob("*.md"))):
+        assert not re.search(r"\bnan\b", text, re.IGNORECASE), text
     assert set(payload["rows"]) == {FULL, QUESTION_ONLY}
     assert payload["meta"]["pretrained"] is False
     assert "RANDOMLY INITIALISED" in payload["meta"]["encoders"]

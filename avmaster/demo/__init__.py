@@ -100,7 +100,9 @@ def summary(result: DemoResult) -> str:
 
         text += f"probes of {FULL} (avg over all questions):\n{probe_summary(result.probe)}\n"
         order = result.probe.subsets.get(ORDER_ONLY_ROW)
-        if order:
+        if order and result.probe.subset_counts[ORDER_ONLY_ROW] == 0:
+            text += "order-only questions under the probes: none in the test split\n"
+        elif order:
             text += ("order-only questions under the probes: "
                      + ", ".join(f"{n} {v:.1f}%" for n, v in order.items()) + "\n")
     return text + f"{result.encoders}.\nwritten: {files}"

@@ -263,7 +263,8 @@ def write_report(out: Path, settings: DemoSettings, accuracy: dict[str, dict[str
                "meta": {"data": DATA_PRESET, "margin": margin, **meta}}
     if probe is not None:
         payload["probe"] = {"accuracy": probe.accuracy, "changed": probe.changed,
-                            "subsets": probe.subsets, "subset_counts": probe.subset_counts}
+                            "subsets": probe.subsets_json(),
+                            "subset_counts": probe.subset_counts}
     atomic_write_text(js, json.dumps(payload, indent=2) + "\n")
     table = spec.markdown(accuracy, intervals, counts)
     text = (f"# AV-Master demo (synthetic data)\n\n{table}\n\n"
