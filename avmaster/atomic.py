@@ -8,10 +8,13 @@ recognises), flushed to disk, then renamed onto the target.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 TEMP_PATTERN = ".*.tmp-*"  # glob of the temporary files below (what a killed writer leaves)
 
@@ -46,3 +49,20 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     """Write a text file atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every float that is not finite replaced by ``None`` (JSON's null): standard
+    JSON has no NaN, and an accuracy over no questions is one."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    """Write ``obj`` as indented standard JSON (see :func:`json_safe`), atomically."""
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")

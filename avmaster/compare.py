@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avmaster.atomic import atomic_write_text
+from avmaster.atomic import atomic_write_json, atomic_write_text
 from avmaster.data.annotations import concat, ensure_head_tail, load_annotations
 from avmaster.data.records import QARecord
 from avmaster.data.tables import TableSpec, get_table
@@ -224,7 +224,7 @@ def main(argv: Sequence[str]) -> int:
                    "seed": args.seed, "level": LEVEL,
                    "columns": {c: {k: None if isinstance(v, float) and math.isnan(v) else v
                                    for k, v in asdict(r).items()} for c, r in result.items()}}
-        atomic_write_text(out.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
+        atomic_write_json(out.with_suffix(".json"), payload)
         atomic_write_text(out.with_suffix(".md"), text + "\n")
         print(f"written to {out.with_suffix('.json')} and {out.with_suffix('.md')}",
               file=sys.stderr)

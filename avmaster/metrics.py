@@ -7,14 +7,13 @@ those counts, so averages are over questions, as in the papers.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torchmetrics import Metric
 
-from avmaster.atomic import atomic_write_text
+from avmaster.atomic import atomic_write_json, atomic_write_text
 from avmaster.data.tables import TABLES, TableSpec, get_table
 from avmaster.data.vocab import NO_LABEL
 from avmaster.stats import INTERVAL_METHOD, LEVEL, accuracy_intervals, correct_counts
@@ -75,7 +74,7 @@ def write_results(path: Path | str, spec: TableSpec, accuracy: Mapping[str, floa
                "accuracy": dict(accuracy), "counts": dict(counts), "correct": correct,
                "interval": interval, "interval_method": f"{INTERVAL_METHOD}, {LEVEL:.0%}",
                **extra, "meta": dict(meta or {})}
-    atomic_write_text(js, json.dumps(payload, indent=2) + "\n")
+    atomic_write_json(js, payload)
     std = {method: extra["std"]} if "std" in extra else None
     atomic_write_text(md, spec.markdown({method: accuracy}, {method: interval}, counts, std)
                       + "\n")

@@ -27,7 +27,6 @@ sees the same changed input and a rerun gives the same table.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from avmaster.atomic import atomic_write_text
+from avmaster.atomic import atomic_write_json, atomic_write_text
 from avmaster.data.dataset import Batch, QADataset
 from avmaster.data.records import QARecord
 from avmaster.data.store import EMPTY_INPUT_ATTRS, VideoFeatures
@@ -220,23 +219,16 @@ class ProbeReport:
                      "|---" * (len(names) + 2) + "|"]
             for sub, acc in self.subsets.items():
                 empty = self.subset_counts[sub] == 0
-                cells = " | ".join("—" if empty else f"{acc[n]:.2f}" for n in names)
+                cells = " | ".join("-" if empty else f"{acc[n]:.2f}" for n in names)
                 lines.append(f"| {sub} | {self.subset_counts[sub]} | {cells} |")
             text += "\nAccuracy (%) on selected questions:\n\n" + "\n".join(lines) + "\n"
         return text
-
-    def subsets_json(self) -> dict[str, dict[str, float | None]]:
-        """``subsets`` with ``None`` (JSON's null; JSON has no NaN) for a subset without
-        questions."""
-        return {sub: {n: None if self.subset_counts[sub] == 0 else v for n, v in acc.items()}
-                for sub, acc in self.subsets.items()}
 
     def to_json(self) -> dict[str, Any]:
         return {"table": self.spec.name, "columns": [c for c, _ in self.spec.columns],
                 "probes": {n: PROBES[n][0] for n in self.accuracy},
                 "accuracy": self.accuracy, "changed": self.changed, "counts": self.counts,
-                "subsets": self.subsets_json(), "subset_counts": self.subset_counts,
-                "meta": self.meta}
+                "subsets": self.subsets, "subset_counts": self.subset_counts, "meta": self.meta}
 
 
 def _predict(trainer: Any, module: Any, loader: DataLoader, n: int) -> np.ndarray:
@@ -311,7 +303,7 @@ def write_probe_report(path: Path | str, report: ProbeReport, title: str = ""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     js, md, png = (path.with_name(path.name + s) for s in (".json", ".md", ".png"))
-    atomic_write_text(js, json.dumps(report.to_json(), indent=2) + "\n")
+    atomic_write_json(js, report.to_json())
     head = f"# Probes{': ' + title if title else ''}\n\n"
     atomic_write_text(md, head + report.markdown())
     cols = [c for c, _ in report.spec.columns]

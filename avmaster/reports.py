@@ -211,13 +211,18 @@ def _rows_of(path: Path, payload: dict[str, Any], folder: Path,
                     "ablation": ",".join(ablations), "label": label,
                     "seeds": len(payload.get("seeds") or {}) or 1,
                     "paper": paper_rows_of(meta, ablations, table_rows),
-                    **{k: float(v) if v is not None else float("nan")
-                       for k, v in accuracy.items()},
+                    **{k: _number(v) for k, v in accuracy.items()},
                     **{f"{N_PREFIX}{k}": float(v) for k, v in counts.items()},
-                    **{f"{LOW_PREFIX}{k}": float(v[0]) for k, v in interval.items()},
-                    **{f"{HIGH_PREFIX}{k}": float(v[1]) for k, v in interval.items()},
-                    **{f"{STD_PREFIX}{k}": float(v) for k, v in std.items()}})
+                    **{f"{LOW_PREFIX}{k}": _number(v[0]) for k, v in interval.items()},
+                    **{f"{HIGH_PREFIX}{k}": _number(v[1]) for k, v in interval.items()},
+                    **{f"{STD_PREFIX}{k}": _number(v) for k, v in std.items()}})
     return out
+
+
+def _number(v: float | None) -> float:
+    """A results file's number; ``null`` (what JSON holds for NaN, a column without questions)
+    is NaN again."""
+    return float("nan") if v is None else float(v)
 
 
 def load_measured(folder: Path | str | None = None) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from avmaster.atomic import atomic_path, atomic_write_text
+from avmaster.atomic import atomic_path, atomic_write_json, atomic_write_text
 from avmaster.checkpoints import LAST, newest_readable, read_checkpoint
 from avmaster.config import FULL, Config, ConfigError, load_config, switch_keys, to_dict
 from avmaster.data.datamodule import AVQADataModule
@@ -299,7 +299,7 @@ def train(cfg: Config, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
         module.use_step_graph()
     resume, step = _resume_point(cfg, ckpt_dir)
     (cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cfg.run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+    atomic_write_json(cfg.run_dir / "config.json", to_dict(cfg))
     if step is not None:
         drop_rows_after(cfg.run_dir / "logs" / "metrics.csv", step)
     trainer.fit(module, datamodule=dm, ckpt_path=resume)

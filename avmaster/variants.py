@@ -15,14 +15,13 @@ log and recorded in the results' ``meta.weights_from``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from avmaster.atomic import atomic_write_text
+from avmaster.atomic import atomic_write_json
 from avmaster.config import Config, VariantRow, load_variant
 from avmaster.data.vocab import NO_LABEL
 from avmaster.lightning_module import PATH_PREFIX, AVMasterModule
@@ -132,8 +131,7 @@ def evaluate_variants(cfg: Config, ckpt: str | None = None) -> dict[str, float]:
         overall[name] = accuracy.get("avg", float("nan"))
         log.info("%s: avg %.2f", name, overall[name])
     summary = cfg.run_dir / f"variants_{cfg.data.name}.json"
-    atomic_write_text(summary, json.dumps({"checkpoint": str(ckpt), "avg": overall}, indent=2)
-                      + "\n")
+    atomic_write_json(summary, {"checkpoint": str(ckpt), "avg": overall})
     print("\n".join(f"{k:24s} {v:6.2f}" for k, v in overall.items()))
     log.info("variant results written under %s", Path(cfg.run_dir))
     return overall

@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,33 @@ def test_write_results(tmp_path):
     text = md.read_text()
     assert text.splitlines()[0].startswith("| method | a_count | a_comp | a_avg |")
     assert "| AV-Master (ours) | 50.00 |" in text and js.exists()
+
+
+
+def test_a_column_without_questions_is_null_in_json_and_nan_when_read(tmp_path):
+    """JSON has no NaN: an accuracy over no questions is written as null, shown as "-", and
+    read back as NaN."""
+    from avmaster import reports
+
+    spec = get_table("music_avqa")
+    metric = GroupedAccuracy(spec)
+    metric.update(torch.tensor([1, 2]), torch.tensor([1, 0]), torch.tensor([0, 0]))
+    acc, counts = metric.compute(), metric.counts()
+    empty = [c for c, n in counts.items() if n == 0]
+    assert empty and all(math.isnan(acc[c]) for c in empty)
+    js, md = write_results(tmp_path / "res" / "results_music_avqa", spec, acc, counts)
+
+    def no_nan(constant: str) -> None:
+        raise AssertionError(f"{constant} in {js}")
+
+    payload = json.loads(js.read_text(), parse_constant=no_nan)
+    assert all(payload["accuracy"][c] is None and payload["interval"][c] == [None, None]
+               for c in empty)
+    assert "nan" not in md.read_text().lower()
+    row = reports.load_measured(tmp_path / "res").iloc[0]
+    assert all(math.isnan(row[c]) and math.isnan(row[f"{reports.LOW_PREFIX}{c}"])
+               for c in empty)
+    assert row[spec.columns[0][0]] == pytest.approx(acc[spec.columns[0][0]])
 
 
 @pytest.mark.slow

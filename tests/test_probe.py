@@ -196,6 +196,9 @@ def test_reversal_probe_catches_an_order_sensitive_model(tmp_path) -> None:
     files = write_probe_report(tmp_path / "probe", full, "full")
     assert all(f.stat().st_size > 0 for f in files.values())
     assert "reversed" in files["md"].read_text()
+    # only temporal questions here: the other columns hold null (JSON has no NaN)
+    written = json.loads(files["json"].read_text(), parse_constant=pytest.fail)
+    assert written["accuracy"][ORIGINAL]["a_count"] is None
 
 
 def test_probe_command_and_notebook(tiny_run, tmp_path, capsys, monkeypatch) -> None:

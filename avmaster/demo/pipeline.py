@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from avmaster.atomic import atomic_write_text
+from avmaster.atomic import atomic_write_json, atomic_write_text
 from avmaster.data.records import QARecord
 from avmaster.demo.questions import ORDER_ONLY
 from avmaster.demo.scene import SynthConfig
@@ -263,9 +263,8 @@ def write_report(out: Path, settings: DemoSettings, accuracy: dict[str, dict[str
                "meta": {"data": DATA_PRESET, "margin": margin, **meta}}
     if probe is not None:
         payload["probe"] = {"accuracy": probe.accuracy, "changed": probe.changed,
-                            "subsets": probe.subsets_json(),
-                            "subset_counts": probe.subset_counts}
-    atomic_write_text(js, json.dumps(payload, indent=2) + "\n")
+                            "subsets": probe.subsets, "subset_counts": probe.subset_counts}
+    atomic_write_json(js, payload)
     table = spec.markdown(accuracy, intervals, counts)
     text = (f"# AV-Master demo (synthetic data)\n\n{table}\n\n"
             f"Margin (avg): {margin:+.2f} points; {paired_note(meta['paired_avg'])}."

@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 from tqdm import tqdm
 
-from avmaster.atomic import atomic_write_text
+from avmaster.atomic import atomic_write_json
 from avmaster.data.store import (
     IMPORTED,
     FeatureStoreError,
@@ -359,8 +359,7 @@ def run_import(cfg: ImportConfig) -> dict[str, Any]:
         log.warning("%d videos of the annotations have no features in %s or the store: %s%s",
                     miss["count"], cfg.npy, ", ".join(miss["first"]),
                     " ..." if miss["count"] > SHOWN else "")
-    atomic_write_text(cfg.out / f"import_{release.name}_report.json",
-                      json.dumps(report, indent=2) + "\n")
+    atomic_write_json(cfg.out / f"import_{release.name}_report.json", report)
     return report
 
 
