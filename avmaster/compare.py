@@ -222,8 +222,7 @@ def main(argv: Sequence[str]) -> int:
         out = Path(args.out)
         payload = {"a": a.name, "b": b.name, "table": table, "resamples": args.resamples,
                    "seed": args.seed, "level": LEVEL,
-                   "columns": {c: {k: None if isinstance(v, float) and math.isnan(v) else v
-                                   for k, v in asdict(r).items()} for c, r in result.items()}}
+                   "columns": {c: asdict(r) for c, r in result.items()}}
         atomic_write_json(out.with_suffix(".json"), payload)
         atomic_write_text(out.with_suffix(".md"), text + "\n")
         print(f"written to {out.with_suffix('.json')} and {out.with_suffix('.md')}",

@@ -98,12 +98,25 @@ def test_compare_command(tmp_path, fixtures, capsys):
                  str(fixtures / "music_avqa_answers.json"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| column | n | A | B | A - B |" in printed
-    result = json.loads(out.with_suffix(".json").read_text())["columns"]["avg"]
+    result = json.loads(out.with_suffix(".json").read_text(), parse_constant=pytest.fail)[
+        "columns"]["avg"]
     only_a = len(set(range(0, n, 2)) - set(range(0, n, 4)))
     assert (result["n"], result["only_a"], result["only_b"]) == (n, only_a, 0)
     assert result["diff"] == pytest.approx(100 * only_a / n)
     assert result["p_value"] == pytest.approx(binomtest(0, only_a, 0.5).pvalue)
     assert 0 < result["diff_low"] <= result["diff"] <= result["diff_high"]
+
+    # a column without questions (only the audio questions kept) is null in the JSON
+    audio = [e for e in json.loads(ann.read_text()) if json.loads(e["type"])[0] == "Audio"]
+    ann_audio = tmp_path / "audio_only.json"
+    ann_audio.write_text(json.dumps(audio))
+    assert main(["compare", str(a), str(b), "--annotations", str(ann_audio), "--answers",
+                 str(fixtures / "music_avqa_answers.json"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    columns = json.loads(out.with_suffix(".json").read_text(), parse_constant=pytest.fail)[
+        "columns"]
+    assert columns["v_avg"]["n"] == 0 and columns["v_avg"]["diff"] is None
+    assert columns["a_avg"]["n"] == len(audio) > 0
 
     # different question sets: one line naming how many ids differ and a few of them
     lines = b.read_text().splitlines()
