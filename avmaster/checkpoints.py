@@ -14,6 +14,7 @@ import torch
 log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
+FOLDER = "checkpoints"  # a run folder's checkpoints: <output_dir>/<name>/checkpoints/
 # what torch.load raises on a truncated, empty or non-checkpoint file
 _UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError,
                zipfile.BadZipFile)
@@ -39,6 +40,12 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a checkpoint written by `avmaster train` "
                               "(no state_dict); pass another ckpt=...")
     return ckpt
+
+
+def run_of(ckpt: Path | str) -> Path | None:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/<file>.ckpt``), else None."""
+    path = Path(ckpt)
+    return path.parent.parent if path.parent.name == FOLDER else None
 
 
 def newest_readable(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:

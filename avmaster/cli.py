@@ -96,7 +96,8 @@ def cmd_probe(argv: Sequence[str]) -> int:
     p.add_argument("--per-template", action="store_true",
                    help="also one row per question template (accuracy under each probe)")
     p.add_argument("--out", default=None,
-                   help="write OUT.json/.md/.png (default <run dir>/probe_<data>)")
+                   help="write OUT.json/.md/.png (default: probe_<data> in the checkpoint's run "
+                        "folder, or in name=/output_dir= when given)")
     p.add_argument("overrides", nargs="*", help="key=value")
     a = p.parse_intermixed_args(argv)  # options may follow the key=value overrides
     from avmaster.config import ConfigError, load_config

@@ -320,12 +320,14 @@ def probe_checkpoint(cfg: Any, probes: Sequence[str] = tuple(PROBES), seed: int 
                      subsets: Mapping[str, Callable[[QARecord], bool]] | None = None,
                      per_template: bool = False) -> tuple[ProbeReport, dict[str, Path]]:
     """Load ``cfg.ckpt``, run the probes on ``cfg.data``'s test split and write the report
-    (default ``<run_dir>/probe_<data>.{json,md,png}``)."""
+    (default ``<run folder>/probe_<data>.{json,md,png}``, the run folder as
+    :func:`~avmaster.training.checkpoint_run` chooses it)."""
     from avmaster.config import to_dict
-    from avmaster.training import build_trainer, load_checkpoint
+    from avmaster.training import build_trainer, checkpoint_run, load_checkpoint
 
     ckpt = cfg.ckpt
     module, dm = load_checkpoint(cfg, ckpt, "probing")
+    cfg = checkpoint_run(cfg, ckpt)
     ds = dm.dataset("test")
     trainer = build_trainer(cfg, logs=False)
     report = run_probes(module, ds, dm.spec, trainer, probes, seed, cfg.data.eval_batch_size,

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from avmaster.checkpoints import FOLDER as CHECKPOINTS
+from avmaster.checkpoints import LAST
 from avmaster.config import Config, ConfigError
 from avmaster.data.tables import get_table
 from avmaster.metrics import write_results
@@ -28,7 +30,6 @@ log = logging.getLogger(__name__)
 
 SEED_PREFIX = "seed"  # seed runs are <name>/seed<k>
 AGGREGATE_METHOD = "AV-Master (ours), mean of {n} seeds"
-LAST = "last.ckpt"
 
 
 class AggregateError(ValueError):
@@ -64,7 +65,7 @@ def seed_folders(folder: Path) -> list[Path]:
 
 def best_checkpoint(folder: Path) -> Path:
     """A run folder's selected checkpoint (the one ``save_top_k=1`` kept), else ``last.ckpt``."""
-    ckpts = folder / "checkpoints"
+    ckpts = folder / CHECKPOINTS
     kept = sorted(p for p in ckpts.glob("*.ckpt") if p.name != LAST)
     if len(kept) == 1:
         return kept[0]

@@ -10,7 +10,7 @@ import logging
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from avmaster.atomic import atomic_path, atomic_write_json, atomic_write_text
-from avmaster.checkpoints import LAST, newest_readable, read_checkpoint
+from avmaster.checkpoints import FOLDER as CHECKPOINTS
+from avmaster.checkpoints import LAST, newest_readable, read_checkpoint, run_of
 from avmaster.config import FULL, Config, ConfigError, load_config, switch_keys, to_dict
 from avmaster.data.datamodule import AVQADataModule
 from avmaster.data.store import read_settings
@@ -268,7 +269,7 @@ def train(cfg: Config, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
         cfg.data.question_padding = "split"
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
-    ckpt_dir = cfg.run_dir / "checkpoints"
+    ckpt_dir = cfg.run_dir / CHECKPOINTS
     # Lightning's save_last rewrites last.ckpt only when the monitored best improves, so the
     # last epoch gets a callback of its own; the best epoch is kept as epochNN.ckpt.
     last = ModelCheckpoint(dirpath=ckpt_dir, filename=Path(LAST).stem, save_top_k=1,
@@ -369,15 +370,28 @@ def load_checkpoint(cfg: Config, ckpt: str | None, purpose: str
     return module, build_datamodule(cfg, answers=module.hparams.get("answers"))
 
 
+def checkpoint_run(cfg: Config, ckpt: str | Path) -> Config:
+    """``cfg`` with the run folder that evaluating ``ckpt`` writes into: ``name=`` /
+    ``output_dir=`` when given, else the checkpoint's own run (``<run>/checkpoints/x.ckpt``),
+    else ``<output_dir>/<checkpoint file stem>``, so that evaluating one run's checkpoint never
+    overwrites the results of the default run ``runs/avmaster``."""
+    chosen = {o.split("=", 1)[0] for o in cfg.overrides} & {"name", "output_dir"}
+    if chosen or (cfg.name, cfg.output_dir) != (Config.name, Config.output_dir):
+        return cfg
+    run = run_of(ckpt) or Path(cfg.output_dir) / Path(ckpt).stem
+    return replace(cfg, output_dir=str(run.parent), name=run.name)
+
+
 def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True,
              dm: AVQADataModule | None = None) -> dict[str, float]:
     """Per-type accuracy of a checkpoint on ``data.test``; writes ``results.json``/``.md`` and,
     with ``save_predictions``, ``predictions.jsonl`` (question id, answer, top-5) in the run
-    folder. Returns the table (percent)."""
+    folder :func:`checkpoint_run` chooses. Returns the table (percent)."""
     if cfg.variants:
         raise ConfigError(f"variants={','.join(cfg.variants)}: evaluated by "
                           "avmaster.variants.evaluate_variants (as `avmaster eval` does)")
     ckpt, raw, module = load_module(ckpt or cfg.ckpt)
+    cfg = checkpoint_run(cfg, ckpt)
     use_inference(module, cfg, ckpt)
     record = checkpoint_record(raw, cfg)
     # after training, its datamodule (files loaded once, warnings given once) is reused

@@ -33,6 +33,7 @@ from avmaster.training import (
     build_trainer,
     check_inference,
     checkpoint_record,
+    checkpoint_run,
     load_module,
     result_label,
     results_meta,
@@ -80,6 +81,7 @@ def evaluate_variants(cfg: Config, ckpt: str | None = None) -> dict[str, float]:
     mapping."""
     variants = [load_variant(name) for name in cfg.variants]
     ckpt, raw, module = load_module(ckpt or cfg.ckpt)
+    cfg = checkpoint_run(cfg, ckpt)
     record = checkpoint_record(raw, cfg)
     dm = build_datamodule(cfg, answers=module.hparams.get("answers"))
     single = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, devices=1))

@@ -101,6 +101,37 @@ def test_eval_needs_a_checkpoint(tiny_run, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+def test_eval_writes_into_the_checkpoints_own_run(tiny_run, tmp_path, monkeypatch, capsys):
+    """Without name= / output_dir=, evaluating another run's checkpoint writes into that run,
+    a checkpoint outside a run folder into runs/<file stem>: never over the results of the
+    default run runs/avmaster."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    base = [o for o in tiny_run.overrides if not o.startswith(("name=", "output_dir="))]
+    base.append("save_predictions=false")
+    other = tmp_path / "elsewhere" / "res18" / "checkpoints" / "last.ckpt"
+    other.parent.mkdir(parents=True)
+    shutil.copy(tiny_run.ckpt, other)
+    shutil.copy(tiny_run.ckpt, tmp_path / "downloaded.ckpt")
+
+    assert main(["eval", *base, f"ckpt={other}"]) == 0
+    assert (other.parents[1] / "results_music_avqa.json").exists()
+    assert main(["eval", *base, "ckpt=downloaded.ckpt"]) == 0
+    assert Path("runs/downloaded/results_music_avqa.json").exists()
+    assert main(["eval", *base, f"ckpt={other}", "variants=table13"]) == 0
+    assert (other.parents[1] / "variants_music_avqa.json").exists()
+    assert main(["probe", *base, f"ckpt={other}", "--probes", "reversed"]) == 0
+    assert (other.parents[1] / "probe_music_avqa.json").exists()
+    assert not Path("runs/avmaster").exists()
+    # a name or output folder that is given is used
+    assert main(["eval", *base, f"ckpt={other}", "name=chosen"]) == 0
+    assert Path("runs/chosen/results_music_avqa.json").exists()
+    assert main(["eval", *base, f"ckpt={other}", "output_dir=out"]) == 0
+    assert Path("out/avmaster/results_music_avqa.json").exists()
+    capsys.readouterr()
+
+
 def test_ablation_presets_build_and_train_one_step(tiny_run, tmp_path):
     from avmaster.training import build_datamodule, build_module, build_trainer
 
