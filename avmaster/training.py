@@ -33,8 +33,14 @@ from avmaster.data.store import read_settings
 from avmaster.lightning_module import TOP_KEY, AVMasterModule
 from avmaster.malloc import cpu_hint
 from avmaster.metrics import write_results
-from avmaster.models.avmaster import AVMaster
-from avmaster.models.config import InferenceConfig
+from avmaster.models.avmaster import AVMaster, as_dims
+from avmaster.models.config import (
+    InferenceConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    to_dataclass,
+)
 
 log = logging.getLogger(__name__)
 CKPT_KEY = "avmaster_features"  # checkpoint entry: the extraction settings of its features
@@ -298,7 +304,18 @@ def train(cfg: Config, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
                               f"{trainer.world_size} x {device.type}: set trainer.devices=1 on a "
                               "machine with a GPU, or cuda_graph=false")
         module.use_step_graph()
-    resume, step = _resume_point(cfg, ckpt_dir)
+    resume, contents = _resume_point(cfg, ckpt_dir)
+    step = None
+    if contents is not None:
+        if changed := resume_differences(contents, module, cfg):
+            shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if
+                                             len(changed) > 6 else "")
+            raise ConfigError(
+                f"{resume}: this command would continue the run of this checkpoint with other "
+                f"settings ({shown}). Continue it with its own settings (trainer.*, data loading "
+                "and paths may change), or start a new run with name=NEW_NAME")
+        step = int(contents.get("global_step", 0))
+        del contents  # Lightning reads the file again
     (cfg.run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg.run_dir / "config.json", to_dict(cfg))
     if step is not None:
@@ -311,17 +328,17 @@ def train(cfg: Config, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
     return TrainResult(best_path, last.best_model_path, results)
 
 
-def _resume_point(cfg: Config, ckpt_dir: Path) -> tuple[str | None, int | None]:
+def _resume_point(cfg: Config, ckpt_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
     """The checkpoint to continue from (``ckpt=`` or this run's newest readable one) and its
-    global step; refuses to start over in a folder holding checkpoints with ``resume=false``."""
+    contents; refuses to start over in a folder holding checkpoints with ``resume=false``."""
     if cfg.ckpt is not None:
-        return str(cfg.ckpt), int(read_checkpoint(cfg.ckpt).get("global_step", 0))
+        return str(cfg.ckpt), read_checkpoint(cfg.ckpt)
     if cfg.resume:
         found = newest_readable(ckpt_dir)
         if found is None:
             return None, None
         log.info("resuming from %s", found[0])
-        return str(found[0]), int(found[1].get("global_step", 0))
+        return str(found[0]), found[1]
     earlier = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
     if earlier:
         raise FileExistsError(
@@ -329,6 +346,37 @@ def _resume_point(cfg: Config, ckpt_dir: Path) -> tuple[str | None, int | None]:
             f"earlier run ({', '.join(p.name for p in earlier)}) that starting over would "
             "overwrite. Drop resume=false to continue it, or choose another name=...")
     return None, None
+
+
+def resume_differences(contents: Mapping[str, Any], module: AVMasterModule, cfg: Config
+                       ) -> list[str]:
+    """What continuing the run of a checkpoint (its ``contents``) with ``cfg`` and its fresh
+    ``module`` would change: model, loss and optimiser settings, feature sizes, the answers,
+    the data preset, seconds and segments. Lightning restores the weights, the optimiser and
+    the schedule as saved, so such a change would fail deep inside (other parameters) or be
+    silently half-applied (same parameters)."""
+    old, new = contents.get("hyper_parameters") or {}, module.hparams
+    changed = []
+    for key, cls, section in (("model_cfg", ModelConfig, "model"), ("loss_cfg", LossConfig, "loss"),
+                              ("optim_cfg", OptimConfig, "optim")):
+        a, b = asdict(to_dataclass(cls, old.get(key))), asdict(to_dataclass(cls, new[key]))
+        changed += [f"{section}.{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
+    a, b = asdict(as_dims(old.get("dims"))), asdict(as_dims(new["dims"]))
+    changed += [f"{k} feature size: {a[k]} -> {b[k]}" for k in a if a[k] != b[k]]
+    if (old.get("answers"), bool(old.get("multiple_choice"))) != (new["answers"],
+                                                                  new["multiple_choice"]):
+        changed.append("the answers")
+    record = contents.get(RUN_KEY)
+    if record is not None:
+        a, b = ([p for p in presets if p.startswith("data=")][-1:] or ["none"]  # the last counts
+                for presets in (record.get("presets", []), cfg.presets))
+        if a != b:
+            changed.append(f"data: {a[0]} -> {b[0]}")
+    features = contents.get(CKPT_KEY) or {}
+    for key in ("seconds", "segments"):
+        if key in features and features[key] != getattr(cfg.data, key):
+            changed.append(f"data.{key}: {features[key]!r} -> {getattr(cfg.data, key)!r}")
+    return changed
 
 
 @rank_zero_only

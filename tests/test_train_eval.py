@@ -132,6 +132,37 @@ def test_eval_writes_into_the_checkpoints_own_run(tiny_run, tmp_path, monkeypatc
     capsys.readouterr()
 
 
+def test_resuming_with_other_settings_is_refused(tiny_run, tmp_path, capsys):
+    """Rerunning `train` in a run folder continues its run; with other model, loss, optimiser
+    or data settings (another ablation without a new name=) that is one error line, and the
+    run's checkpoint and config.json stay as they were."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run.run_dir, runs / "tiny")
+    ckpt, config = runs / "tiny" / "checkpoints" / "last.ckpt", runs / "tiny" / "config.json"
+    before = ckpt.read_bytes(), config.read_text()
+    overrides = [*tiny_run.overrides, f"output_dir={runs}"]
+    for change, named in (("ablation=loss_qa", "loss.contrastive: 1.0 -> 0.0"),
+                          ("ablation=wo_tdpp", "model.use_tdpp: True -> False"),
+                          ("optim.lr=0.01", "optim.lr: 0.0001 -> 0.01"),
+                          ("data.seconds=3", "data.seconds: 4 -> 3"),
+                          ("data=music_avqa_v2_bias",
+                           "data: data=music_avqa -> data=music_avqa_v2_bias")):
+        assert main(["train", *overrides, change, "trainer.max_epochs=9"]) == 2, change
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{ckpt}: this command would continue" in err
+        assert named in err and "name=NEW_NAME" in err, err
+        assert (ckpt.read_bytes(), config.read_text()) == before
+    # the same settings with more epochs, other loader settings or another folder for the
+    # features are the same run
+    cfg = load_config(overrides=[*overrides, "trainer.max_epochs=9", "data.batch_size=4"])
+    from avmaster.training import build_datamodule, build_module, resume_differences
+
+    contents = torch.load(ckpt, weights_only=False)
+    assert resume_differences(contents, build_module(cfg, build_datamodule(cfg)), cfg) == []
+
+
 def test_ablation_presets_build_and_train_one_step(tiny_run, tmp_path):
     from avmaster.training import build_datamodule, build_module, build_trainer
 
