@@ -48,6 +48,33 @@ def run_of(ckpt: Path | str) -> Path | None:
     return path.parent.parent if path.parent.name == FOLDER else None
 
 
+def best_checkpoint(folder: Path) -> Path:
+    """A run folder's selected checkpoint (the one ``save_top_k=1`` kept), else ``last.ckpt``."""
+    ckpts = folder / FOLDER
+    kept = sorted(p for p in ckpts.glob("*.ckpt") if p.name != LAST)
+    if len(kept) == 1:
+        return kept[0]
+    if (ckpts / LAST).exists():
+        return ckpts / LAST
+    raise FileNotFoundError(f"{folder}: no checkpoint under {ckpts}; train it first")
+
+
+def resolve_checkpoint(ckpt: Path | str) -> Path:
+    """``ckpt``, or for a run folder its selected checkpoint (:func:`best_checkpoint`); a
+    folder of several runs (seeds) is one error naming them."""
+    path = Path(ckpt)
+    if not path.is_dir():
+        return path
+    if not (path / FOLDER).is_dir():
+        runs = sorted(p.name for p in path.iterdir() if (p / FOLDER).is_dir())
+        if runs:
+            raise FileNotFoundError(f"{path}: a folder of {len(runs)} runs ({', '.join(runs)}); "
+                                    f"pass one of them, e.g. ckpt={path / runs[0]}")
+    chosen = best_checkpoint(path)
+    log.info("%s: its selected checkpoint %s", path, chosen.name)
+    return chosen
+
+
 def newest_readable(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The checkpoint of ``ckpt_dir`` to resume from: ``last.ckpt`` when it reads, otherwise
     the readable one with the most optimizer steps (with a warning naming what was skipped).

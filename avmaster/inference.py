@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from avmaster.checkpoints import read_checkpoint
+from avmaster.checkpoints import read_checkpoint, resolve_checkpoint
 from avmaster.data.annotations import strip_question
 from avmaster.data.batch import Batch
 from avmaster.data.segments import segment_seconds
@@ -80,8 +80,8 @@ class Predictor:
     """``Predictor(ckpt)(video, question)`` -> :class:`Prediction`."""
 
     def __init__(self, ckpt: Path | str, device: str = "cpu", **extract_overrides: Any):
-        ckpt = Path(ckpt)
         t0 = time.perf_counter()
+        ckpt = resolve_checkpoint(ckpt)
         raw = read_checkpoint(ckpt)
         self.module = AVMasterModule.from_checkpoint(raw, map_location=device).eval()
         self.device = torch.device(device)

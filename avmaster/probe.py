@@ -322,10 +322,11 @@ def probe_checkpoint(cfg: Any, probes: Sequence[str] = tuple(PROBES), seed: int 
     """Load ``cfg.ckpt``, run the probes on ``cfg.data``'s test split and write the report
     (default ``<run folder>/probe_<data>.{json,md,png}``, the run folder as
     :func:`~avmaster.training.checkpoint_run` chooses it)."""
+    from avmaster.checkpoints import resolve_checkpoint
     from avmaster.config import to_dict
     from avmaster.training import build_trainer, checkpoint_run, load_checkpoint
 
-    ckpt = cfg.ckpt
+    ckpt = cfg.ckpt and str(resolve_checkpoint(cfg.ckpt))  # a run folder: its selected one
     module, dm = load_checkpoint(cfg, ckpt, "probing")
     cfg = checkpoint_run(cfg, ckpt)
     ds = dm.dataset("test")

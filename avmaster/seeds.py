@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from avmaster.checkpoints import FOLDER as CHECKPOINTS
-from avmaster.checkpoints import LAST
+from avmaster.checkpoints import best_checkpoint
 from avmaster.config import Config, ConfigError
 from avmaster.data.tables import get_table
 from avmaster.metrics import write_results
@@ -63,38 +62,37 @@ def seed_folders(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(SEED_PREFIX):]))
 
 
-def best_checkpoint(folder: Path) -> Path:
-    """A run folder's selected checkpoint (the one ``save_top_k=1`` kept), else ``last.ckpt``."""
-    ckpts = folder / CHECKPOINTS
-    kept = sorted(p for p in ckpts.glob("*.ckpt") if p.name != LAST)
-    if len(kept) == 1:
-        return kept[0]
-    if (ckpts / LAST).exists():
-        return ckpts / LAST
-    raise FileNotFoundError(f"{folder}: no checkpoint under {ckpts}; train it first")
-
-
 def evaluate_folder(cfg: Config, folder: Path) -> Path:
     """Evaluate a run folder given as ``ckpt=``: every seed run's checkpoint and their
-    aggregate when it holds seed runs, else its own selected checkpoint. Returns the results
-    JSON."""
-    from avmaster.training import evaluate
+    aggregate when it holds seed runs, else its own selected checkpoint; with ``variants``
+    every row of them, aggregated per row. Returns the (first) results JSON."""
+    from avmaster.training import evaluate, results_name
+    from avmaster.variants import evaluate_variants
 
     runs = seed_folders(folder) or [folder]
+    rows = [""]
     for run in runs:
-        evaluate(dataclasses.replace(cfg, output_dir=str(run.parent), name=run.name,
-                                     ckpt=None), str(best_checkpoint(run)))
+        one = dataclasses.replace(cfg, output_dir=str(run.parent), name=run.name, ckpt=None)
+        if cfg.variants:
+            rows = list(evaluate_variants(one, str(best_checkpoint(run))))
+        else:
+            evaluate(one, str(best_checkpoint(run)))
     if runs == [folder]:
-        return folder / f"results_{cfg.data.name}.json"
-    return aggregate(folder, cfg.data.name)
+        return folder / f"{results_name(cfg.data.name, rows[0])}.json"
+    written = [aggregate(folder, cfg.data.name, row) for row in rows]
+    return written[0]
 
 
-def aggregate(folder: Path, data: str) -> Path:
-    """Write ``folder/results_<data>.{json,md}`` from its seed runs' results: mean and sample
+def aggregate(folder: Path, data: str, row: str = "") -> Path:
+    """Write ``folder/results_<data>.{json,md}`` (``results_<data>__<row>`` for an
+    inference-time row of ``variants=``) from its seed runs' results: mean and sample
     standard deviation over seeds per column, and the pooled interval (exact binomial on the
     mean correct count over the column's questions: the questions, not question x seed, are
     the sample, so more seeds do not narrow it). Returns the JSON path."""
-    files = [(run, run / f"results_{data}.json") for run in seed_folders(folder)]
+    from avmaster.training import results_name
+
+    name = results_name(data, row)
+    files = [(run, run / f"{name}.json") for run in seed_folders(folder)]
     missing = [str(f) for _, f in files if not f.exists()]
     if not files or missing:
         raise FileNotFoundError(f"{folder}: no seed results to aggregate for data {data!r}"
@@ -118,9 +116,9 @@ def aggregate(folder: Path, data: str) -> Path:
     meta.pop("checkpoint", None)
     meta["sources"] = [os.path.relpath(f, folder) for _, f in files]
     js, md = write_results(
-        folder / f"results_{data}", get_table(results[0]["table"]),
+        folder / name, get_table(results[0]["table"]),
         dict(zip(cols, acc.mean(axis=0).tolist(), strict=True)), counts,
-        AGGREGATE_METHOD.format(n=len(results)), meta,
+        AGGREGATE_METHOD.format(n=len(results)) + (f", {row}" if row else ""), meta,
         extra={"correct": dict(zip(cols, correct.mean(axis=0).tolist(), strict=True)),
                "std": dict(zip(cols, std.tolist(), strict=True)), "seeds": seeds})
     print(md.read_text())

@@ -26,7 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from avmaster.atomic import atomic_path, atomic_write_json, atomic_write_text
 from avmaster.checkpoints import FOLDER as CHECKPOINTS
-from avmaster.checkpoints import LAST, newest_readable, read_checkpoint, run_of
+from avmaster.checkpoints import (
+    LAST,
+    newest_readable,
+    read_checkpoint,
+    resolve_checkpoint,
+    run_of,
+)
 from avmaster.config import FULL, Config, ConfigError, load_config, switch_keys, to_dict
 from avmaster.data.datamodule import AVQADataModule
 from avmaster.data.store import read_settings
@@ -229,6 +235,7 @@ def load_module(ckpt: str | Path | None, purpose: str = "evaluation"
     the module it holds."""
     if not ckpt:
         raise ValueError(f"{purpose} needs a checkpoint: pass ckpt=path/to/file.ckpt")
+    ckpt = resolve_checkpoint(ckpt)
     raw = read_checkpoint(ckpt)
     return str(ckpt), raw, AVMasterModule.from_checkpoint(raw)
 

@@ -57,6 +57,10 @@ def test_predict_prints_answer_top5_and_timing(trained, capsys):
     out = capsys.readouterr().out
     assert out.startswith("answer: ") and "top-5:" in out and "timing: " in out
     assert len(re.findall(r"^\s+\d+\.\d%\s+\S+$", out, re.MULTILINE)) == 5
+    # the run folder answers as its selected checkpoint (here last.ckpt: no validation pick)
+    question = "How many instruments are sounding in the video?"
+    assert main(["predict", str(video), question, "--ckpt", str(ckpt.parents[1])]) == 0
+    assert capsys.readouterr().out.split("timing")[0] == out.split("timing")[0]
 
 
 def test_explain_writes_a_picture(trained, tmp_path, capsys):

@@ -58,3 +58,18 @@ def test_seeds_aggregate_eval_compare(tmp_path, capsys):
     assert len(measured) == 1 and "mean of 2 seeds" in measured["label"].item()
     assert measured["std:avg"].item() == pytest.approx(agg["std"]["avg"])
     assert measured["lo:avg"].item() == pytest.approx(agg["interval"]["avg"][0])
+
+    # with variants= every seed's rows and one aggregate per row (it was refused)
+    assert main(["eval", *overrides, f"ckpt={run}", "variants=table13"]) == 0
+    rows = json.loads((run / "seed0" / "variants_music_avqa.json").read_text())["avg"]
+    assert len(rows) == 3
+    for row, avg in rows.items():
+        agg_row = json.loads((run / f"results_music_avqa__{row}.json").read_text())
+        seed1 = json.loads((run / "seed1" / "variants_music_avqa.json").read_text())["avg"][row]
+        assert agg_row["accuracy"]["avg"] == pytest.approx((avg + seed1) / 2)
+        assert agg_row["meta"]["row"] and row in agg_row["method"]
+    # a command that takes one checkpoint names the seed runs of such a folder
+    capsys.readouterr()
+    assert main(["probe", *overrides, f"ckpt={run}", "--probes", "reversed"]) == 2
+    assert f"a folder of 2 runs (seed0, seed1); pass one of them, e.g. ckpt={run / 'seed0'}" in (
+        capsys.readouterr().err)

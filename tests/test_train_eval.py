@@ -121,8 +121,9 @@ def test_eval_writes_into_the_checkpoints_own_run(tiny_run, tmp_path, monkeypatc
     assert Path("runs/downloaded/results_music_avqa.json").exists()
     assert main(["eval", *base, f"ckpt={other}", "variants=table13"]) == 0
     assert (other.parents[1] / "variants_music_avqa.json").exists()
-    assert main(["probe", *base, f"ckpt={other}", "--probes", "reversed"]) == 0
-    assert (other.parents[1] / "probe_music_avqa.json").exists()
+    assert main(["probe", *base, f"ckpt={other.parents[1]}", "--probes", "reversed"]) == 0
+    probe = json.loads((other.parents[1] / "probe_music_avqa.json").read_text())
+    assert probe["meta"]["checkpoint"] == str(other)  # a run folder: its selected checkpoint
     assert not Path("runs/avmaster").exists()
     # a name or output folder that is given is used
     assert main(["eval", *base, f"ckpt={other}", "name=chosen"]) == 0
