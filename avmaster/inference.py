@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from avmaster.checkpoints import read_checkpoint, resolve_checkpoint
+from avmaster.config import ConfigError
 from avmaster.data.annotations import strip_question
 from avmaster.data.batch import Batch
 from avmaster.data.segments import segment_seconds
@@ -81,7 +82,7 @@ class Predictor:
 
     def __init__(self, ckpt: Path | str, device: str = "cpu", **extract_overrides: Any):
         t0 = time.perf_counter()
-        ckpt = resolve_checkpoint(ckpt)
+        self.ckpt = ckpt = resolve_checkpoint(ckpt)
         raw = read_checkpoint(ckpt)
         self.module = AVMasterModule.from_checkpoint(raw, map_location=device).eval()
         self.device = torch.device(device)
@@ -102,6 +103,13 @@ class Predictor:
         t0 = time.perf_counter()
         if not Path(video).is_file():
             raise FileNotFoundError(f"{video}: video not found")
+        if bool(self.module.hparams.get("multiple_choice")) != bool(options):
+            raise ConfigError(
+                f"{self.ckpt}: a multiple-choice checkpoint (AVQA): give the answer options "
+                "(--options A B C D)" if not options else
+                f"{self.ckpt}: this checkpoint answers from its vocabulary of "
+                f"{len(self.answers or ())} answers; --options is for multiple-choice "
+                "checkpoints (AVQA): leave it out")
         visual, audio, problems = self.extractor.encode_video_file(video)
         keep = segment_seconds(len(visual), self.segments)
         if keep is not None:

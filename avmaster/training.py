@@ -422,7 +422,22 @@ def load_checkpoint(cfg: Config, ckpt: str | None, purpose: str
     ``cfg.data`` with the checkpoint's answers."""
     ckpt, _, module = load_module(ckpt, purpose)
     use_inference(module, cfg, ckpt)
-    return module, build_datamodule(cfg, answers=module.hparams.get("answers"))
+    return module, data_for(module, cfg, ckpt)
+
+
+def data_for(module: AVMasterModule, cfg: Config, ckpt: str | Path) -> AVQADataModule:
+    """A datamodule of ``cfg.data`` with the answers of the model of ``ckpt``; data of the
+    other kind (options to choose from, or open answers) is refused: the scores would be
+    meaningless, or the model would fail on the first batch."""
+    dm = build_datamodule(cfg, answers=module.hparams.get("answers"))
+    trained = bool(module.hparams.get("multiple_choice"))
+    if trained != dm.multiple_choice:
+        kinds = {True: "chooses among each question's options (AVQA)",
+                 False: "answers from a vocabulary (MUSIC-AVQA and its variants)"}
+        raise ConfigError(f"{ckpt}: its model {kinds[trained]}, but the questions of "
+                          f"data={cfg.data.name} need a model that {kinds[not trained]}; "
+                          "evaluate it on data of its own kind")
+    return dm
 
 
 def checkpoint_run(cfg: Config, ckpt: str | Path) -> Config:
@@ -450,7 +465,7 @@ def evaluate(cfg: Config, ckpt: str | None = None, trainer_logs: bool = True,
     use_inference(module, cfg, ckpt)
     record = checkpoint_record(raw, cfg)
     # after training, its datamodule (files loaded once, warnings given once) is reused
-    dm = dm or build_datamodule(cfg, answers=module.hparams.get("answers"))
+    dm = dm or data_for(module, cfg, ckpt)
     trainer = build_trainer(cfg, logs=trainer_logs)
     logged = trainer.test(module, datamodule=dm, verbose=False)[0]
     columns = [c for c, _ in dm.spec.columns]

@@ -29,11 +29,11 @@ from avmaster.metrics import GroupedAccuracy, write_results
 from avmaster.models.combine import combine
 from avmaster.models.config import InferenceConfig
 from avmaster.training import (
-    build_datamodule,
     build_trainer,
     check_inference,
     checkpoint_record,
     checkpoint_run,
+    data_for,
     load_module,
     result_label,
     results_meta,
@@ -83,7 +83,7 @@ def evaluate_variants(cfg: Config, ckpt: str | None = None) -> dict[str, float]:
     ckpt, raw, module = load_module(ckpt or cfg.ckpt)
     cfg = checkpoint_run(cfg, ckpt)
     record = checkpoint_record(raw, cfg)
-    dm = build_datamodule(cfg, answers=module.hparams.get("answers"))
+    dm = data_for(module, cfg, ckpt)
     single = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, devices=1))
     trainer = build_trainer(single, logs=False)
     steps = cfg.data.segments or cfg.data.seconds

@@ -101,3 +101,23 @@ def test_avqa_multiple_choice_train_eval(tmp_path, avqa, capsys):
     assert original == pytest.approx(result["accuracy"]["avg"], abs=1e-6)
     assert probe["visual_blanked"]["avg"] < original - 20, probe
     assert probe["audio_silenced"]["avg"] > original - 10, probe  # audio is noise here
+
+
+def test_a_checkpoint_is_evaluated_on_data_of_its_own_kind(tmp_path, avqa, tiny_run, capsys):
+    """A vocabulary model on AVQA's options scored meaningless numbers, and an options model on
+    MUSIC-AVQA failed on the first batch: both are one error line."""
+    on_avqa = [*avqa, "data.test=[val_qa.json]"]
+    assert main(["eval", *on_avqa, f"ckpt={tiny_run.ckpt}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "its model answers from a vocabulary" in err and "data=avqa" in err, err
+    assert main(["probe", *on_avqa, f"ckpt={tiny_run.ckpt}", "--probes", "reversed"]) == 2
+    assert "evaluate it on data of its own kind" in capsys.readouterr().err
+
+    assert main(["train", *avqa, "trainer.max_epochs=1", "data.val=[]"]) == 0
+    ckpt = tmp_path / "runs" / "avqa_tiny" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    assert main(["eval", *tiny_run.overrides, f"ckpt={ckpt}", "variants=table13"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "its model chooses among each question's options" in err and "music_avqa" in err

@@ -61,6 +61,18 @@ def test_predict_prints_answer_top5_and_timing(trained, capsys):
     question = "How many instruments are sounding in the video?"
     assert main(["predict", str(video), question, "--ckpt", str(ckpt.parents[1])]) == 0
     assert capsys.readouterr().out.split("timing")[0] == out.split("timing")[0]
+    # --options belongs to multiple-choice checkpoints: one line, before any decoding
+    assert main(["predict", str(video), question, "--ckpt", str(ckpt), "--options", "one",
+                 "two"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "answers from its vocabulary of" in err
+    from avmaster.config import ConfigError
+    from avmaster.inference import Predictor
+
+    predictor = Predictor(ckpt)
+    predictor.module.hparams["multiple_choice"] = True  # as an AVQA checkpoint
+    with pytest.raises(ConfigError, match="multiple-choice checkpoint"):
+        predictor(video, question)
 
 
 def test_explain_writes_a_picture(trained, tmp_path, capsys):
