@@ -15,14 +15,14 @@ commands:
                                                train AV-Master (N seeds: one run each + mean)
   eval     ckpt=FILE|RUN [data=NAME] [variants=table12,table13,fig6] [key=value ...]
               per-type table of a checkpoint or run(s) (one per inference-time variant)
-  probe    ckpt=FILE [data=NAME] [--probes P1,P2] [key=value ...]   uses order, audio, vision?
+  probe    ckpt=FILE|RUN [data=NAME] [--probes P1,P2] [key=value ...]    uses order, audio, vision?
   score    --predictions FILE --annotations FILE [...]            score a predictions file
   compare  A B [--annotations FILE ...]    paired comparison of two predictions files or runs
   extract  --videos DIR --annotations FILE ... --out DIR         features to HDF5 (see --help)
   import-features --release NAME --npy DIR --out DIR    released .npy features into the store
   demo     [--out DIR] [--quick]                    synthetic data -> extract -> train -> eval
-  predict  VIDEO "question" --ckpt FILE                       answer a question about a video
-  explain  VIDEO "question" --ckpt FILE --out FILE.png   seconds the answer depends on
+  predict  VIDEO "question" --ckpt FILE|RUN [--options A B C D]   answer a question about a video
+  explain  VIDEO "question" --ckpt FILE|RUN --out FILE.png        seconds the answer depends on
   config   [--config FILE] [data=NAME] [key=value ...]            print the resolved config
 """
 

@@ -14,7 +14,8 @@ if TYPE_CHECKING:  # torch and Lightning load only once the arguments parse (fas
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="a video file (any container/codec FFmpeg reads)")
     p.add_argument("question", help='e.g. "How many instruments are sounding in the video?"')
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by `avmaster train`")
+    p.add_argument("--ckpt", required=True,
+                   help="a checkpoint written by `avmaster train`, or its run folder")
     p.add_argument("--options", nargs="+", default=None,
                    help="answer options, for multiple-choice checkpoints (AVQA)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
