@@ -47,6 +47,7 @@ from avmaster.models.config import (
     OptimConfig,
     to_dataclass,
 )
+from avmaster.random_states import RandomStatesCallback
 
 log = logging.getLogger(__name__)
 CKPT_KEY = "avmaster_features"  # checkpoint entry: the extraction settings of its features
@@ -300,7 +301,7 @@ def train(cfg: Config, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
     checkpoints = [c for c in (best, last) if c is not None]
     record = RunRecordCallback(run_record(cfg))
     trainer = build_trainer(cfg, callbacks=[*checkpoints, LearningRateMonitor("epoch"), features,
-                                            record, *callbacks])
+                                            record, RandomStatesCallback(), *callbacks])
     if (trainer.is_global_zero and trainer.strategy.root_device.type == "cpu"
             and (hint := cpu_hint())):
         log.info(hint)

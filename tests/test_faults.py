@@ -15,6 +15,7 @@ from helpers import tiny_overrides
 
 import avmaster.training as run_module
 from avmaster.cli import main
+from avmaster.random_states import KEY
 
 # lr=0: validation accuracy never changes, so the best epoch stays epoch 0 (ties do not count)
 FROZEN = ["optim.lr=0", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
@@ -158,3 +159,28 @@ def test_repeated_ids_reported_once_per_run(tmp_path, fixtures, overrides, caplo
     assert main(["train", *overrides, f"data.features_dir={tmp_path / 'quirks'}", *FROZEN[1:3],
                  f"data.test=[{fixtures / files[1]}]", "trainer.max_epochs=1"]) == 0
     assert caplog.text.count("occur more than once") == 1, caplog.text
+
+
+def test_a_resumed_run_trains_the_weights_of_an_uninterrupted_one(tmp_path, overrides, caplog):
+    """Stopped after an epoch and resumed, a run draws the same batches and dropout masks as one
+    that never stopped: the random states travel in the checkpoint."""
+    steady = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "data.test=[]",
+              "model.dropout=0.3"]
+    assert main(["train", *overrides, *steady, "trainer.max_epochs=3", "name=whole"]) == 0
+    assert main(["train", *overrides, *steady, "trainer.max_epochs=1", "name=split"]) == 0
+    assert main(["train", *overrides, *steady, "trainer.max_epochs=3", "name=split"]) == 0
+    runs = tmp_path / "runs"
+    whole, split = (torch.load(runs / n / "checkpoints" / "last.ckpt", map_location="cpu",
+                               weights_only=False) for n in ("whole", "split"))
+    assert _epoch_step(runs / "whole" / "checkpoints" / "last.ckpt") == (2, 9)
+    assert _epoch_step(runs / "split" / "checkpoints" / "last.ckpt") == (2, 9)
+    different = [k for k, v in whole["state_dict"].items()
+                 if not torch.equal(v, split["state_dict"][k])]
+    assert not different, different[:5]
+
+    # a checkpoint of an earlier version, without the states: resumed with fresh draws, said so
+    last = runs / "split" / "checkpoints" / "last.ckpt"
+    del split[KEY]
+    torch.save(split, last)
+    assert main(["train", *overrides, *steady, "trainer.max_epochs=4", "name=split"]) == 0
+    assert "holds no random states" in caplog.text
