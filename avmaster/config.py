@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from avmaster.data.config import DataConfig
+from avmaster.errors import ConfigError
 from avmaster.models.config import (
     InferenceConfig,
     LossConfig,
@@ -111,10 +112,6 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema; says where and how to fix it."""
 
 
 def find_config(kind: str, name: str) -> Path:

@@ -44,6 +44,20 @@ def test_errors_are_one_clear_line(tmp_path, fixtures, capsys):
     assert "unknown config key 'model.nope'" in capsys.readouterr().err
 
 
+def test_data_settings_that_name_no_files_are_one_line(tmp_path, tiny_run, capsys):
+    """Without data=NAME the data settings list no files: train, eval and a half-given head/tail
+    pair each stop with one line saying what to set (they raised with a traceback)."""
+    runs = f"output_dir={tmp_path}"
+    for argv, says in ((["train", runs], "no answer vocabulary: choose the dataset with data="),
+                       (["eval", runs, f"ckpt={tiny_run.ckpt}"],
+                        "data.test lists no annotation file: choose the dataset with data="),
+                       (["eval", runs, f"ckpt={tiny_run.ckpt}", "data.test_head=head.json"],
+                        "data.test_head and data.test_tail go together")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+
+
 def test_every_command_closes_an_open_process_group(monkeypatch, capsys):
     """A DDP run's process group is destroyed before the process exits, whether the command
     succeeded or failed (a gloo group alive at exit can abort a finished run)."""

@@ -1,6 +1,7 @@
 """The import graph of the package: no cycle, and no module importing a higher layer.
 
-Layers, lowest first: the base (package root, atomic writes, paths, statistics, the memory
+Layers, lowest first: the base (package root, atomic writes, paths, the user-error class,
+statistics, the memory
 allocator's name); the file formats (question records, the answer vocabulary, the data
 settings, annotation loading, the HDF5 feature store: what feature extraction reads and
 writes); extraction; data loading (tables, batch, dataset, datamodule); models; training
@@ -21,8 +22,8 @@ import avmaster
 
 PACKAGE = Path(avmaster.__file__).parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [  # (name, module prefixes), lowest first
-    ("base", ("avmaster", "avmaster.atomic", "avmaster.paths", "avmaster.stats",
-              "avmaster.malloc")),
+    ("base", ("avmaster", "avmaster.atomic", "avmaster.paths", "avmaster.errors",
+              "avmaster.stats", "avmaster.malloc")),
     ("formats", ("avmaster.data.records", "avmaster.data.vocab", "avmaster.data.config",
                  "avmaster.data.annotations", "avmaster.data.store")),
     ("extract", ("avmaster.extract",)),
@@ -30,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # (name, module prefixes), lowest
     ("models", ("avmaster.models",)),
     ("training", ("avmaster.config", "avmaster.losses", "avmaster.metrics",
                   "avmaster.lightning_module", "avmaster.training", "avmaster.variants",
-                  "avmaster.seeds", "avmaster.step_graph")),
+                  "avmaster.seeds", "avmaster.step_graph", "avmaster.random_states")),
     ("reports/CLI", ("avmaster.reports", "avmaster.scoring", "avmaster.compare",
                      "avmaster.inference", "avmaster.predict", "avmaster.explain",
                      "avmaster.attribution", "avmaster.probe",

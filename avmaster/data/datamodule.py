@@ -23,6 +23,7 @@ from avmaster.data.records import QARecord
 from avmaster.data.store import MissingFeaturesError, TextFeatures, VideoFeatures
 from avmaster.data.tables import TableSpec, get_table
 from avmaster.data.vocab import AnswerVocab
+from avmaster.errors import ConfigError
 from avmaster.paths import resolve
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class AVQADataModule(L.LightningDataModule):
         cfg = self.cfg
         if stage == "test" and (cfg.test_head or cfg.test_tail):
             if not (cfg.test_head and cfg.test_tail):
-                raise ValueError("data.test_head and data.test_tail go together; set both")
+                raise ConfigError("data.test_head and data.test_tail go together; set both")
             sets = load_head_tail(self.annotation_path(cfg.test_head),
                                   self.annotation_path(cfg.test_tail), stage)
         else:
@@ -104,8 +105,9 @@ class AVQADataModule(L.LightningDataModule):
             else:
                 train = self.load_split("train")
                 if train is None:
-                    raise ValueError("no answer vocabulary: set data.answers, list data.train "
-                                     "files, or evaluate a checkpoint (it carries its answers)")
+                    raise ConfigError("no answer vocabulary: choose the dataset with data=NAME "
+                                      "(configs/data/), set data.answers or list data.train "
+                                      "files, or evaluate a checkpoint (it carries its answers)")
                 self.vocab = AnswerVocab.from_records(train.records)
         return self.vocab
 
@@ -135,7 +137,9 @@ class AVQADataModule(L.LightningDataModule):
         if stage not in self.datasets:
             split = self.load_split(stage)
             if split is None:
-                raise ValueError(f"data.{stage} lists no annotation file")
+                raise ConfigError(f"data.{stage} lists no annotation file: choose the dataset "
+                                  f"with data=NAME (configs/data/) or list the files as "
+                                  f"data.{stage}=[FILE]")
             vocab = None if self.multiple_choice else self.build_vocab()
             records = split.records
             if self.cfg.skip_videos_without_features:
