@@ -42,6 +42,8 @@ def test_errors_are_one_clear_line(tmp_path, fixtures, capsys):
     assert "avmaster score: error:" in err and "bad.json: malformed JSON" in err
     assert main(["config", "model.nope=1"]) == 2
     assert "unknown config key 'model.nope'" in capsys.readouterr().err
+    assert main(["config", "data.format=nope"]) == 2
+    assert "data.format must be one of" in capsys.readouterr().err
 
 
 def test_data_settings_that_name_no_files_are_one_line(tmp_path, tiny_run, capsys):
@@ -52,7 +54,9 @@ def test_data_settings_that_name_no_files_are_one_line(tmp_path, tiny_run, capsy
                        (["eval", runs, f"ckpt={tiny_run.ckpt}"],
                         "data.test lists no annotation file: choose the dataset with data="),
                        (["eval", runs, f"ckpt={tiny_run.ckpt}", "data.test_head=head.json"],
-                        "data.test_head and data.test_tail go together")):
+                        "data.test_head and data.test_tail go together"),
+                       (["eval", *tiny_run.overrides, runs, f"ckpt={tiny_run.ckpt}",
+                         "data.table=nope"], "data.table=nope: unknown table; choose one of")):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and says in err, err

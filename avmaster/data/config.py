@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from avmaster.data.annotations import HeadTailGroup
+from avmaster.data.annotations import FORMATS, HeadTailGroup
 
 QUESTION_PADDINGS = ("batch", "split")
 
@@ -52,6 +52,8 @@ class DataConfig:
     question_padding: str = "batch"
 
     def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"data.format must be one of {FORMATS}, got {self.format!r}")
         if self.question_padding not in QUESTION_PADDINGS:
             raise ValueError(f"data.question_padding must be one of {QUESTION_PADDINGS}, got "
                              f"{self.question_padding!r}")

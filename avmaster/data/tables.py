@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from avmaster.data.records import AVQA_TYPES, MODALITY_PREFIX, MUSIC_AVQA_TYPES, QARecord
+from avmaster.errors import ConfigError
 from avmaster.stats import LEVEL
 
 
@@ -109,5 +110,5 @@ TABLES: dict[str, TableSpec] = {
 
 def get_table(name: str) -> TableSpec:
     if name not in TABLES:
-        raise ValueError(f"unknown table {name!r}; choose one of {sorted(TABLES)}")
+        raise ConfigError(f"data.table={name}: unknown table; choose one of {sorted(TABLES)}")
     return TABLES[name]
