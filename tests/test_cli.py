@@ -44,6 +44,16 @@ def test_errors_are_one_clear_line(tmp_path, fixtures, capsys):
     assert "unknown config key 'model.nope'" in capsys.readouterr().err
     assert main(["config", "data.format=nope"]) == 2
     assert "data.format must be one of" in capsys.readouterr().err
+    answers = tmp_path / "answers.json"
+    test = str(fixtures / "music_avqa_test_sample.json")
+    for content, says in (("[\"yes\",", "answers.json: malformed JSON at line 1"),
+                          ("{}", "answers.json: expected a non-empty JSON list of answers"),
+                          ('["yes", "no", "yes"]', "lists ['yes'] more than once; list each")):
+        answers.write_text(content)
+        assert main(["score", "--predictions", str(preds), "--annotations", test,
+                     "--answers", str(answers)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
 
 
 def test_data_settings_that_name_no_files_are_one_line(tmp_path, tiny_run, capsys):

@@ -104,3 +104,21 @@ def test_memory_is_pinned_only_for_a_gpu(tmp_path, fixtures):
         assert dm.train_dataloader().pin_memory is pinned, device
     dm.cfg.pin_memory = False
     assert dm.val_dataloader().pin_memory is False
+
+
+def test_a_question_with_another_number_of_options_is_named():
+    """The decoders score a fixed number of options per split: the odd question is named by file,
+    entry and field (it was a ValueError listing the counts only)."""
+    from avmaster.data.annotations import AnnotationError
+    from avmaster.data.dataset import _option_count
+    from avmaster.data.records import QARecord
+
+    def record(i: int, options: int) -> QARecord:
+        return QARecord(str(i), "v", "q", "a", "", "Which", "test",
+                        options=tuple(f"o{j}" for j in range(options)), answer_index=0,
+                        source=("qa.json", i))
+
+    assert _option_count([record(0, 4), record(1, 4)]) == 4
+    with pytest.raises(AnnotationError, match=r"qa\.json, entry 2, field 'multi_choice': 3 answer "
+                                              r"options where the split's other questions have 4"):
+        _option_count([record(0, 4), record(1, 4), record(2, 3)])

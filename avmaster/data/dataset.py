@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from avmaster.data.annotations import AnnotationError
 from avmaster.data.batch import Batch
 from avmaster.data.records import QARecord
 from avmaster.data.segments import segment_seconds
@@ -61,11 +63,9 @@ class QADataset(Dataset):
         self._min_tokens = (int(text.lengths(self._text_rows).max(initial=1))
                         if question_padding == "split" else 1)
         if self.multiple_choice:
-            k = {len(r.options or ()) for r in self.records}
-            if len(k) != 1:
-                raise ValueError(f"every question needs the same number of options, found {k}")
+            k = _option_count(self.records)
             self._option_rows = text.rows([o for r in self.records for o in r.options or ()]
-                                          ).reshape(len(self.records), k.pop())
+                                          ).reshape(len(self.records), k)
 
     @property
     def num_unknown(self) -> int:
@@ -103,3 +103,17 @@ class QADataset(Dataset):
             sent, _, _ = self.text.take(opts.reshape(-1))
             batch["options"] = torch.from_numpy(sent.reshape(*opts.shape, -1))
         return batch
+
+
+def _option_count(records: Sequence[QARecord]) -> int:
+    """The number of options every question of a multiple-choice split has (the decoders score
+    a fixed number); the first question with another number is an :class:`AnnotationError`."""
+    counts = Counter(len(r.options or ()) for r in records)
+    k = counts.most_common(1)[0][0]
+    odd = next(r for r in records if len(r.options or ()) != k) if len(counts) > 1 else None
+    if odd is not None:
+        n = len(odd.options or ())
+        raise AnnotationError(odd.source[0], f"{n} answer options where the split's other "
+                              f"questions have {k}: give every question the same options count",
+                              odd.source[1], "multi_choice")
+    return k

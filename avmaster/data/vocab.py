@@ -10,6 +10,7 @@ from pathlib import Path
 
 from avmaster.data.annotations import answer_key
 from avmaster.data.records import QARecord
+from avmaster.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,20 @@ class AnswerVocab:
         if not path.exists():
             raise FileNotFoundError(f"{path}: answer vocabulary file not found; set data.answers "
                                     "to a JSON list of answers, or null to build it from train")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} "
+                              f"({e.msg}); an answer vocabulary is a JSON list of answers"
+                              ) from None
         if isinstance(data, dict):
             data = [a for a, _ in sorted(data.items(), key=lambda kv: kv[1])]
         if not isinstance(data, list) or not data:
-            raise ValueError(f"{path}: expected a non-empty JSON list of answers")
-        vocab = cls(data)
+            raise ConfigError(f"{path}: expected a non-empty JSON list of answers")
+        try:
+            vocab = cls(data)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}; list each answer once") from None
         if vocab.merged:
             log.warning("%s: %d answers are spelling variants of others and were merged: %s",
                         path, len(vocab.merged),
