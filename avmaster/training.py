@@ -235,7 +235,8 @@ def load_module(ckpt: str | Path | None, purpose: str = "evaluation"
     """``ckpt``, its contents (read once: one clear error for a missing or truncated file) and
     the module it holds."""
     if not ckpt:
-        raise ValueError(f"{purpose} needs a checkpoint: pass ckpt=path/to/file.ckpt")
+        raise ConfigError(f"{purpose} needs a checkpoint: pass ckpt=path/to/file.ckpt or "
+                          "ckpt=RUN_FOLDER")
     ckpt = resolve_checkpoint(ckpt)
     raw = read_checkpoint(ckpt)
     return str(ckpt), raw, AVMasterModule.from_checkpoint(raw)

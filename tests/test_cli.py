@@ -56,9 +56,10 @@ def test_errors_are_one_clear_line(tmp_path, fixtures, capsys):
         assert len(err.splitlines()) == 1 and says in err, err
 
 
-def test_data_settings_that_name_no_files_are_one_line(tmp_path, tiny_run, capsys):
-    """Without data=NAME the data settings list no files: train, eval and a half-given head/tail
-    pair each stop with one line saying what to set (they raised with a traceback)."""
+def test_settings_a_run_cannot_use_are_one_line(tmp_path, tiny_run, capsys):
+    """Settings a run cannot use stop with one line saying what to set (they raised a traceback):
+    no data=NAME (no files listed), a half-given head/tail pair, an unknown table, eval without
+    ckpt=, W-ADD without weights, the question-only model without its loss."""
     runs = f"output_dir={tmp_path}"
     for argv, says in ((["train", runs], "no answer vocabulary: choose the dataset with data="),
                        (["eval", runs, f"ckpt={tiny_run.ckpt}"],
@@ -66,7 +67,13 @@ def test_data_settings_that_name_no_files_are_one_line(tmp_path, tiny_run, capsy
                        (["eval", runs, f"ckpt={tiny_run.ckpt}", "data.test_head=head.json"],
                         "data.test_head and data.test_tail go together"),
                        (["eval", *tiny_run.overrides, runs, f"ckpt={tiny_run.ckpt}",
-                         "data.table=nope"], "data.table=nope: unknown table; choose one of")):
+                         "data.table=nope"], "data.table=nope: unknown table; choose one of"),
+                       (["eval", *tiny_run.overrides, runs],
+                        "evaluation needs a checkpoint: pass ckpt="),
+                       (["eval", *tiny_run.overrides, runs, f"ckpt={tiny_run.ckpt}",
+                         "inference.combine=w_add"], "or run variants=table13, which measures"),
+                       (["train", *tiny_run.overrides, runs, "ablation=question_only",
+                         "loss.qa=0"], "the question-only model needs loss.qa > 0")):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and says in err, err

@@ -49,6 +49,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from avmaster.data.batch import Batch
+from avmaster.errors import ConfigError
 from avmaster.models.combine import combine
 from avmaster.models.config import (
     FeatureDims,
@@ -151,7 +152,7 @@ def resolve_branches(cfg: ModelConfig, loss: LossConfig) -> tuple[Branches, Bran
     active (weight > 0) losses reach. Built but untrained modules are frozen, not removed."""
     if cfg.question_only:
         if loss.qa <= 0:
-            raise ValueError("the question-only model needs loss.qa > 0")
+            raise ConfigError("the question-only model needs loss.qa > 0")
         only = Branches(False, False, True, False, False, False, False)
         return only, only
     ape, vpe, tdpp = cfg.audio_preference, cfg.visual_preference, cfg.use_tdpp
@@ -161,7 +162,8 @@ def resolve_branches(cfg: ModelConfig, loss: LossConfig) -> tuple[Branches, Bran
     decoder = tdpp and loss.qa > 0
     audio_decoder, visual_decoder = ape and loss.audio > 0, vpe and loss.visual > 0
     if not (decoder or audio_decoder or visual_decoder):
-        raise ValueError("no answer decoder is trained: check model paths and loss weights")
+        raise ConfigError("no answer decoder is trained: check model paths and loss weights "
+                          "(loss.qa, loss.audio, loss.visual)")
     fusion = decoder or contrastive
     trained = Branches(
         focus=fusion and cfg.use_focus,

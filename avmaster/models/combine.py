@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
+from avmaster.errors import ConfigError
 from avmaster.models.config import InferenceConfig
 
 TINY = 1e-12  # floor of a probability before its log (MUL)
@@ -38,7 +39,7 @@ def combine(probs: Mapping[str, Tensor], cfg: InferenceConfig | None = None) -> 
     cfg = cfg or InferenceConfig()
     kept = {k: v.float() for k, v in probs.items() if k not in cfg.drop}
     if not kept:
-        raise ValueError(f"inference.drop={cfg.drop} leaves none of the model's paths "
+        raise ConfigError(f"inference.drop={cfg.drop} leaves none of the model's paths "
                          f"{sorted(probs)} to answer")
     stacked = torch.stack(list(kept.values()))
     if cfg.combine == "add":
@@ -54,8 +55,10 @@ def path_weights(paths: Iterable[str], scores: Mapping[str, float]) -> Tensor:
     names = list(paths)
     missing = [n for n in names if n not in scores]
     if missing:
-        raise ValueError(f"inference.combine=w_add needs inference.weights for {missing}")
+        raise ConfigError(f"inference.combine=w_add needs inference.weights for {missing}: set "
+                          "inference.weights.PATH=SCORE for each, or run variants=table13, "
+                          "which measures them on data.val")
     s = torch.tensor([float(scores[n]) for n in names])
     if (s < 0).any() or s.sum() <= 0:
-        raise ValueError(f"inference.weights must be >= 0 and not all 0, got {dict(scores)}")
+        raise ConfigError(f"inference.weights must be >= 0 and not all 0, got {dict(scores)}")
     return s / s.sum()
