@@ -44,6 +44,9 @@ PAPER_KEY = "paper"  # an ablation preset's paper rows: metadata, not merged int
 DEPRECATED_KEY = "deprecated"  # a preset kept for old commands: the warning it prints when used
 RECORDED = ("presets", "overrides")  # written by load_config, never set by the user
 GRAPH_REFUSED_PRECISIONS = ("16-mixed", "16", 16)  # loss scaling steps outside a graph
+# Lightning's precisions the model runs in: its inputs stay float32, so the "-true" half
+# precisions (weights cast, inputs not) fail at the first product
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "64-true", "64")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -65,6 +68,11 @@ class TrainerConfig:
     check_val_every_n_epoch: int = 1
     deterministic: bool = False
     enable_progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if str(self.precision) not in PRECISIONS:
+            raise ValueError(f"trainer.precision={self.precision}: choose one of {PRECISIONS} "
+                             "(the -true half precisions are not supported)")
 
 
 @dataclass

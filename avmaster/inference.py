@@ -81,11 +81,13 @@ class Predictor:
     """``Predictor(ckpt)(video, question)`` -> :class:`Prediction`."""
 
     def __init__(self, ckpt: Path | str, device: str = "cpu", **extract_overrides: Any):
+        from avmaster.extract.encoders import resolve_device
+
         t0 = time.perf_counter()
+        self.device = resolve_device(device)  # one line where CUDA is asked for but absent
         self.ckpt = ckpt = resolve_checkpoint(ckpt)
         raw = read_checkpoint(ckpt)
-        self.module = AVMasterModule.from_checkpoint(raw, map_location=device).eval()
-        self.device = torch.device(device)
+        self.module = AVMasterModule.from_checkpoint(raw, map_location=self.device).eval()
         self.answers = self.module.hparams.get("answers")
         settings = raw.get(CKPT_KEY, {})
         self.seconds = int(settings.get("seconds") or 0)

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -139,8 +140,13 @@ def build_trainer(cfg: Config, *, logs: bool = True, callbacks: list | None = No
     args = asdict(cfg.trainer)
     if not cfg.data.val:  # nothing to validate on
         args["limit_val_batches"] = 0
-    return L.Trainer(**args, default_root_dir=run_dir, logger=loggers,
-                     callbacks=callbacks or [], plugins=[AtomicCheckpointIO()])
+    try:
+        return L.Trainer(**args, default_root_dir=run_dir, logger=loggers,
+                         callbacks=callbacks or [], plugins=[AtomicCheckpointIO()])
+    except (ValueError, MisconfigurationException) as e:  # e.g. an accelerator this lacks
+        shown = ", ".join(f"trainer.{k}={v}" for k, v in asdict(cfg.trainer).items()
+                          if k in ("accelerator", "devices", "strategy", "precision"))
+        raise ConfigError(f"{shown}: {e}") from e
 
 
 RUN_KEY = "avmaster_run"  # checkpoint entry: the presets and overrides a model was trained with

@@ -44,6 +44,8 @@ def test_errors_are_one_clear_line(tmp_path, fixtures, capsys):
     assert "unknown config key 'model.nope'" in capsys.readouterr().err
     assert main(["config", "data.format=nope"]) == 2
     assert "data.format must be one of" in capsys.readouterr().err
+    assert main(["config", "trainer.precision=16-true"]) == 2
+    assert "trainer.precision=16-true: choose one of" in capsys.readouterr().err
     answers = tmp_path / "answers.json"
     test = str(fixtures / "music_avqa_test_sample.json")
     for content, says in (("[\"yes\",", "answers.json: malformed JSON at line 1"),
@@ -73,7 +75,10 @@ def test_settings_a_run_cannot_use_are_one_line(tmp_path, tiny_run, capsys):
                        (["eval", *tiny_run.overrides, runs, f"ckpt={tiny_run.ckpt}",
                          "inference.combine=w_add"], "or run variants=table13, which measures"),
                        (["train", *tiny_run.overrides, runs, "ablation=question_only",
-                         "loss.qa=0"], "the question-only model needs loss.qa > 0")):
+                         "loss.qa=0"], "the question-only model needs loss.qa > 0"),
+                       (["train", *tiny_run.overrides, runs, "trainer.accelerator=nope"],
+                        "trainer.accelerator=nope, trainer.devices=1, trainer.strategy=auto, "
+                        "trainer.precision=32-true: You selected an invalid accelerator")):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and says in err, err

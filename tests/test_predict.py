@@ -130,3 +130,19 @@ def test_predict_with_truncated_checkpoint_is_one_line(trained, tmp_path, capsys
     assert main(["predict", str(video), "q", "--ckpt", str(broken)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "not a readable checkpoint" in err
+
+
+def test_cuda_asked_for_without_a_gpu_is_one_line(trained, tmp_path, capsys):
+    """`--device cuda` on a machine without a GPU: one line saying to use the CPU (predict raised
+    torch's driver error with a traceback)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    video, ckpt = trained
+    assert main(["predict", str(video), "How many?", "--ckpt", str(ckpt), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "torch sees no CUDA GPU; use --device cpu" in err, err
+    assert main(["extract", "--videos", str(video.parent), "--out", str(tmp_path / "f"),
+                 "--random-init", "--device", "cuda"]) == 2
+    assert "torch sees no CUDA GPU; use --device cpu" in capsys.readouterr().err

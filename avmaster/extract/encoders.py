@@ -21,6 +21,7 @@ from torch import nn
 from torchvggish import torchvggish as tvg
 from torchvggish import vggish_params
 
+from avmaster.errors import ConfigError
 from avmaster.extract.config import (
     CLAP_RATE,
     RANDOM_TAG,
@@ -58,7 +59,8 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+        raise ConfigError(f"--device {device} asked for, but torch sees no CUDA GPU; use "
+                          "--device cpu")
     return torch.device(device)
 
 
