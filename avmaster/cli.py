@@ -151,7 +151,7 @@ def cmd_score(argv: Sequence[str]) -> int:
     from avmaster.data.vocab import AnswerVocab
     from avmaster.metrics import intervals_of, write_results
     from avmaster.paths import resolve
-    from avmaster.scoring import read_predictions, score
+    from avmaster.scoring import PredictionError, read_predictions, score
 
     sets = concat([load_annotations(f, "test") for f in a.annotations], "test")
     sets.report(logging.getLogger("avmaster.score"))
@@ -160,7 +160,13 @@ def cmd_score(argv: Sequence[str]) -> int:
     if spec.head_tail:
         records = ensure_head_tail(records, a.head_tail_ratio, a.head_tail_group)
     vocab = None if records[0].options else AnswerVocab.from_file(resolve(a.answers))
-    report = score(read_predictions(a.predictions), records, spec, vocab)
+    predictions = read_predictions(a.predictions)
+    report = score(predictions, records, spec, vocab)
+    if predictions and len(report.missing) == len(records):  # a table of zeros says nothing
+        raise PredictionError(
+            f"{a.predictions}: none of its {len(predictions)} predictions is for a question of "
+            f"{', '.join(map(str, a.annotations))} ({len(records)} questions): score it against "
+            "the annotations it was made for")
     rows = {Path(a.predictions).stem: report.accuracy}
     print(spec.markdown(rows, intervals_of(rows, report.counts), report.counts))
     print(report.summary(), file=sys.stderr)

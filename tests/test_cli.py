@@ -24,6 +24,18 @@ def test_score_command_prints_the_table(tmp_path, fixtures, capsys):
     assert json.loads(out.with_suffix(".json").read_text())["accuracy"]["avg"] == 50.0
 
 
+def test_predictions_for_other_questions_are_refused(tmp_path, fixtures, capsys):
+    """Predictions scored against annotations they were not made for gave a table of zeros
+    and exit status 0: now one line."""
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"question_id": "nope-1", "answer": "yes"}\n')
+    test = str(fixtures / "music_avqa_test_sample.json")
+    assert main(["score", "--predictions", str(preds), "--annotations", test]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("avmaster score: error:") and len(err[-1]) < 400, err
+    assert "none of its 1 predictions is for a question of" in err[-1]
+
+
 def test_score_head_tail_table(tmp_path, fixtures, capsys):
     preds = tmp_path / "p.json"
     preds.write_text("{}")
