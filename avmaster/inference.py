@@ -105,13 +105,14 @@ class Predictor:
         t0 = time.perf_counter()
         if not Path(video).is_file():
             raise FileNotFoundError(f"{video}: video not found")
-        if bool(self.module.hparams.get("multiple_choice")) != bool(options):
-            raise ConfigError(
-                f"{self.ckpt}: a multiple-choice checkpoint (AVQA): give the answer options "
-                "(--options A B C D)" if not options else
-                f"{self.ckpt}: this checkpoint answers from its vocabulary of "
-                f"{len(self.answers or ())} answers; --options is for multiple-choice "
-                "checkpoints (AVQA): leave it out")
+        multiple_choice = bool(self.module.hparams.get("multiple_choice"))
+        if multiple_choice and not options:
+            raise ConfigError(f"{self.ckpt}: a multiple-choice checkpoint (AVQA): give the answer "
+                              "options (--options A B C D)")
+        if options and not multiple_choice:
+            raise ConfigError(f"{self.ckpt}: this checkpoint answers from its vocabulary of "
+                              f"{len(self.answers or ())} answers; --options is for "
+                              "multiple-choice checkpoints (AVQA): leave it out")
         visual, audio, problems = self.extractor.encode_video_file(video)
         keep = segment_seconds(len(visual), self.segments)
         if keep is not None:

@@ -144,8 +144,8 @@ def build_trainer(cfg: Config, *, logs: bool = True, callbacks: list | None = No
         return L.Trainer(**args, default_root_dir=run_dir, logger=loggers,
                          callbacks=callbacks or [], plugins=[AtomicCheckpointIO()])
     except (ValueError, MisconfigurationException) as e:  # e.g. an accelerator this lacks
-        shown = ", ".join(f"trainer.{k}={v}" for k, v in asdict(cfg.trainer).items()
-                          if k in ("accelerator", "devices", "strategy", "precision"))
+        shown = ", ".join(f"trainer.{k}={args[k]}"
+                          for k in ("accelerator", "devices", "strategy", "precision"))
         raise ConfigError(f"{shown}: {e}") from e
 
 

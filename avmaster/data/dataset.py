@@ -108,12 +108,10 @@ class QADataset(Dataset):
 def _option_count(records: Sequence[QARecord]) -> int:
     """The number of options every question of a multiple-choice split has (the decoders score
     a fixed number); the first question with another number is an :class:`AnnotationError`."""
-    counts = Counter(len(r.options or ()) for r in records)
-    k = counts.most_common(1)[0][0]
-    odd = next(r for r in records if len(r.options or ()) != k) if len(counts) > 1 else None
-    if odd is not None:
-        n = len(odd.options or ())
-        raise AnnotationError(odd.source[0], f"{n} answer options where the split's other "
-                              f"questions have {k}: give every question the same options count",
-                              odd.source[1], "multi_choice")
+    k = Counter(len(r.options or ()) for r in records).most_common(1)[0][0]
+    for r in records:
+        if (n := len(r.options or ())) != k:
+            raise AnnotationError(r.source[0], f"{n} answer options where the split's other "
+                                  f"questions have {k}: give every question the same options "
+                                  "count", r.source[1], "multi_choice")
     return k

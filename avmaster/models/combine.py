@@ -40,7 +40,7 @@ def combine(probs: Mapping[str, Tensor], cfg: InferenceConfig | None = None) -> 
     kept = {k: v.float() for k, v in probs.items() if k not in cfg.drop}
     if not kept:
         raise ConfigError(f"inference.drop={cfg.drop} leaves none of the model's paths "
-                         f"{sorted(probs)} to answer")
+                          f"{sorted(probs)} to answer")
     stacked = torch.stack(list(kept.values()))
     if cfg.combine == "add":
         return stacked.mean(dim=0)
